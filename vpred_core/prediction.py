@@ -1,0 +1,91 @@
+"""Prediction-type conversions in VP space and k-diffusion denoiser scalings.
+
+VP notation (Salimans & Ho 2022, "Progressive Distillation", sec. 4): z = alpha * x0 + s * eps with
+alpha = sqrt(abar), s = sqrt(1 - abar); v = alpha * eps - s * x0. With the VE sigma = s / alpha
+(Karras et al. 2022): alpha = 1 / sqrt(1 + sigma^2), s = sigma / sqrt(1 + sigma^2), and VE x = z / alpha.
+All helpers are finite at sigma = +inf (alpha = 0, s = 1), where x0 = -v.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PREDICTION_IDS = ("eps", "v", "x0")
+
+
+def _as_tensor(sigma, like: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(sigma, torch.Tensor):
+        return sigma
+    return torch.as_tensor(sigma, dtype=like.dtype if like is not None else torch.float64)
+
+
+def validate_prediction(prediction: str) -> str:
+    """Return ``prediction`` if it is a known id, else raise ValueError."""
+    if prediction not in PREDICTION_IDS:
+        raise ValueError(f"prediction must be one of {PREDICTION_IDS}, got {prediction!r}")
+    return prediction
+
+
+def alpha_from_sigma(sigma) -> torch.Tensor:
+    """alpha = 1 / sqrt(1 + sigma^2) (VP signal scale of the VE sigma; 0 at sigma = inf)."""
+    sigma = _as_tensor(sigma)
+    return torch.rsqrt(1.0 + sigma * sigma)
+
+
+def s_from_sigma(sigma) -> torch.Tensor:
+    """s = sigma / sqrt(1 + sigma^2) = 1 / sqrt(1 + 1/sigma^2) (VP noise scale; 1 at sigma = inf, 0 at 0)."""
+    sigma = _as_tensor(sigma)
+    return torch.rsqrt(1.0 + torch.reciprocal(sigma * sigma))
+
+
+def x0_from_v(z: torch.Tensor, v: torch.Tensor, alpha, s) -> torch.Tensor:
+    """x0 = alpha * z - s * v (Salimans & Ho 2022, eq. for v-parameterisation)."""
+    return alpha * z - s * v
+
+
+def eps_from_v(z: torch.Tensor, v: torch.Tensor, alpha, s) -> torch.Tensor:
+    """eps = s * z + alpha * v (Salimans & Ho 2022)."""
+    return s * z + alpha * v
+
+
+def v_from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, alpha, s) -> torch.Tensor:
+    """v = alpha * eps - s * x0 (Salimans & Ho 2022)."""
+    return alpha * eps - s * x0
+
+
+def x0_from_eps(z: torch.Tensor, eps: torch.Tensor, alpha, s) -> torch.Tensor:
+    """x0 = (z - s * eps) / alpha (Ho et al. 2020); undefined at alpha = 0 (an eps model cannot sample SNR 0)."""
+    return (z - s * eps) / alpha
+
+
+def eps_from_x0(z: torch.Tensor, x0: torch.Tensor, alpha, s) -> torch.Tensor:
+    """eps = (z - alpha * x0) / s (Ho et al. 2020)."""
+    return (z - alpha * x0) / s
+
+
+def kdiffusion_scalings(sigma, prediction: str):
+    """(c_skip, c_out, c_in) with D = c_skip * x + c_out * F(c_in * x): eps (1, -sigma, alpha),
+    v (alpha^2, -s, alpha) (Karras et al. 2022 / k-diffusion VDenoiser with sigma_data = 1)."""
+    validate_prediction(prediction)
+    sigma = _as_tensor(sigma)
+    alpha = alpha_from_sigma(sigma)
+    if prediction == "v":
+        return alpha * alpha, -s_from_sigma(sigma), alpha
+    if prediction == "eps":
+        return torch.ones_like(sigma), -sigma, alpha
+    return torch.zeros_like(sigma), torch.ones_like(sigma), alpha
+
+
+def denoised_from_model_output(x: torch.Tensor, sigma, output: torch.Tensor, prediction: str) -> torch.Tensor:
+    """D(x, sigma) = c_skip * x + c_out * output for VE ``x`` (k-diffusion denoiser); x0 = -v at sigma = inf."""
+    sigma = _as_tensor(sigma, x)
+    c_skip, c_out, _ = kdiffusion_scalings(sigma, prediction)
+    c_skip, c_out = (append_dims(c, x.ndim) for c in (c_skip, c_out))
+    skip = torch.where(c_skip == 0, torch.zeros_like(x), c_skip * x)
+    return skip + c_out * output
+
+
+def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """View a per-sample (B,) or scalar tensor as (B, 1, ..., 1) with ``ndim`` dims for broadcasting."""
+    t = t.reshape(-1) if t.ndim else t.reshape(1)
+    return t.view(t.shape[0], *([1] * (ndim - 1)))
