@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up the CPU test environment (tools/setup_env.sh) and run the whole test suite. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup_env.sh
+exec "${VPRED_VENV:-.venv}/bin/python" -m pytest "$@"
