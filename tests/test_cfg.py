@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+
 from vpred_core.cfg import (
     SigmaWindow,
     cfg_combine,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from vpred_core.oracle import BRIGHT_CLASS, OracleModel
 from vpred_core.prediction import alpha_from_sigma, s_from_sigma
 from vpred_core.schedule_spec import ScheduleSpec

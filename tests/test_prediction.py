@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from kd_support import kdiffusion
+
 from vpred_core.denoiser import DiscreteDenoiser
 from vpred_core.prediction import (
     alpha_from_sigma,
@@ -50,12 +51,12 @@ def test_scalings_match_kdiffusion(sigma):
     _, external = kdiffusion()
     sig = torch.tensor([sigma], dtype=torch.float64)
     ref_v = external.VDenoiser(None).get_scalings(sig)
-    for ours, ref in zip(kdiffusion_scalings(sig, "v"), ref_v):
+    for ours, ref in zip(kdiffusion_scalings(sig, "v"), ref_v, strict=True):
         assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
     ref_eps = external.DiscreteEpsDDPMDenoiser(None, torch.ones(2), False).get_scalings(sig)  # (c_out, c_in)
     c_skip, *ours_eps = kdiffusion_scalings(sig, "eps")
     assert c_skip.item() == 1.0
-    for ours, ref in zip(ours_eps, ref_eps):
+    for ours, ref in zip(ours_eps, ref_eps, strict=True):
         assert ours.item() == pytest.approx(float(ref), rel=1e-12)
 
 

@@ -10,6 +10,7 @@ g = alpha_T^2 P / (alpha_T^2 P + s_T^2 / D) ~ 0.95 (alpha_T^2 = 0.0047), i.e. ne
 import pytest
 import torch
 from kd_support import kdiffusion
+
 from vpred_core.demo import DEMO_CASES, DemoCase, antithetic_noise, sample_case, summarize
 
 SAMPLES = 16

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from vpred_core.schedules import (
     alphas_cumprod_from_betas,
     alphas_cumprod_from_sigmas,
@@ -25,7 +26,8 @@ def test_scaled_linear_endpoints_and_dtype():
     assert betas[0].item() == pytest.approx(0.00085, rel=1e-14)
     assert betas[-1].item() == pytest.approx(0.012, rel=1e-14)
     roots = betas.sqrt()
-    assert torch.allclose(roots[1:] - roots[:-1], torch.full((999,), (0.012**0.5 - 0.00085**0.5) / 999, dtype=torch.float64))
+    step = (0.012**0.5 - 0.00085**0.5) / 999
+    assert torch.allclose(roots[1:] - roots[:-1], torch.full((999,), step, dtype=torch.float64))
 
 
 def test_sd_sigma_range_closed_form():

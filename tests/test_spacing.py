@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from vpred_core.schedule_spec import ScheduleSpec
 from vpred_core.spacing import sigma_schedule, timesteps_for_spacing
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from vpred_core.settings import (
     CfgRescaleSettings,
     ModelSamplingSettings,

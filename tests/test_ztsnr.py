@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from vpred_core.schedule_spec import ScheduleSpec
 from vpred_core.schedules import alphas_cumprod_from_betas, make_betas
 from vpred_core.ztsnr import (

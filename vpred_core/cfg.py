@@ -80,7 +80,9 @@ class SigmaWindow:
 
     def __post_init__(self):
         if not 0.0 <= self.sigma_low <= self.sigma_high:
-            raise ValueError(f"sigma window needs 0 <= sigma_low <= sigma_high, got {self.sigma_low}, {self.sigma_high}")
+            raise ValueError(
+                f"sigma window needs 0 <= sigma_low <= sigma_high, got {self.sigma_low}, {self.sigma_high}"
+            )
 
     def contains(self, sigma: torch.Tensor) -> torch.Tensor:
         """Per-sample boolean mask of sigmas inside the window."""

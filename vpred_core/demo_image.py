@@ -31,7 +31,7 @@ def render_grid(results, path, per_row: int = 8) -> None:
     width = LABEL_WIDTH + per_row * (tile_w + PADDING)
     canvas = Image.new("RGB", (width, len(results) * (tile_h + PADDING) + PADDING), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    for row, (result, row_tiles) in enumerate(zip(results, tiles)):
+    for row, (result, row_tiles) in enumerate(zip(results, tiles, strict=True)):
         top = PADDING + row * (tile_h + PADDING)
         text = f"{result.case.label}\nbrightness/mu {result.brightness_ratio:.2f}\nsaturation {result.saturation:.2f}"
         draw.multiline_text((PADDING, top + PADDING), text, fill=TEXT_COLOUR)

@@ -35,7 +35,8 @@ class ScheduleSpec:
 
     def alphas_cumprod(self) -> torch.Tensor:
         """abar_t of the betas, ZTSNR-rescaled (Lin et al. Alg. 1) with the terminal choice when ``ztsnr``."""
-        abar = alphas_cumprod_from_betas(make_betas(self.beta_schedule, self.linear_start, self.linear_end, self.timesteps))
+        betas = make_betas(self.beta_schedule, self.linear_start, self.linear_end, self.timesteps)
+        abar = alphas_cumprod_from_betas(betas)
         return rescale_zero_terminal_snr(abar, self.terminal) if self.ztsnr else abar
 
     def sigmas(self) -> torch.Tensor:

@@ -60,7 +60,9 @@ class ModelSamplingSettings:
 
     def schedule_spec(self, ztsnr: bool) -> ScheduleSpec:
         """The training schedule these settings describe, with ZTSNR decided by the caller."""
-        return ScheduleSpec(self.beta_schedule, self.linear_start, self.linear_end, self.timesteps, ztsnr, self.terminal)
+        return ScheduleSpec(
+            self.beta_schedule, self.linear_start, self.linear_end, self.timesteps, ztsnr, self.terminal
+        )
 
 
 @dataclass(frozen=True)

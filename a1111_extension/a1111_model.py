@@ -1,0 +1,89 @@
+"""Per-request model-sampling override on A1111 models (alphas_cumprod and parameterization), undone after.
+
+A1111 rebuilds ``alphas_cumprod`` from ``alphas_cumprod_original`` before every batch
+(``sd_models.apply_alpha_schedule_override``), so the plan is installed as the original and applied at once
+(img2img builds its sampler in ``init`` before that per-batch call). The host's values are saved on the model
+object with the checkpoint they belong to, so a crashed request is repaired by the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .logic_sampling import SamplingPlan, plan_alphas_cumprod
+
+logger = logging.getLogger(__name__)
+SAVED_ATTR = "vpred_saved_host_schedule"
+MISSING = object()
+
+
+@dataclass(frozen=True)
+class SavedSchedule:
+    checkpoint: str | None
+    alphas_cumprod: object
+    alphas_cumprod_original: object
+    parameterization: object
+
+
+def checkpoint_filename(sd_model) -> str | None:
+    return getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None)
+
+
+def restore_model(sd_model) -> bool:
+    """Put the host's own values back (only onto the checkpoint they came from); True if restored."""
+    saved = getattr(sd_model, SAVED_ATTR, None)
+    if saved is None:
+        return False
+    delattr(sd_model, SAVED_ATTR)
+    if saved.checkpoint != checkpoint_filename(sd_model):
+        return False
+    for name in ("alphas_cumprod", "alphas_cumprod_original", "parameterization"):
+        value = getattr(saved, name)
+        if value is not MISSING:
+            setattr(sd_model, name, value)
+    return True
+
+
+def _save(sd_model) -> None:
+    get = lambda name: getattr(sd_model, name, MISSING)  # noqa: E731
+    saved = SavedSchedule(
+        checkpoint_filename(sd_model), get("alphas_cumprod"), get("alphas_cumprod_original"), get("parameterization")
+    )
+    setattr(sd_model, SAVED_ATTR, saved)
+
+
+def apply_plan(sd_model, plan: SamplingPlan) -> None:
+    """Install the plan on the model (after restoring any earlier override)."""
+    from modules import sd_models
+
+    restore_model(sd_model)
+    _save(sd_model)
+    saved = getattr(sd_model, SAVED_ATTR)
+    if plan.prediction is not None:
+        sd_model.parameterization = plan.prediction
+    host_original = saved.alphas_cumprod_original
+    base = host_original if host_original is not MISSING else saved.alphas_cumprod
+    abar = plan_alphas_cumprod(plan, base)
+    if host_original is not MISSING:
+        sd_model.alphas_cumprod_original = abar
+        sd_models.apply_alpha_schedule_override(sd_model)
+    else:
+        sd_model.alphas_cumprod = abar
+    logger.debug("V-Pred: applied %s to %s", plan.summary(), saved.checkpoint)
+
+
+def is_applied_to(sd_model) -> bool:
+    saved = getattr(sd_model, SAVED_ATTR, None)
+    return saved is not None and saved.checkpoint == checkpoint_filename(sd_model)
+
+
+def refresh_sampler(sampler, sd_model) -> None:
+    """Rebuild a sampler's model wrapper from the model's current schedule (hires pass on another checkpoint)."""
+    wrap_cfg = getattr(sampler, "model_wrap_cfg", None)
+    if wrap_cfg is None:
+        return
+    wrap_cfg.model_wrap = None
+    if hasattr(wrap_cfg, "alphas"):
+        wrap_cfg.alphas = sd_model.alphas_cumprod
+    sampler.model_wrap = wrap_cfg.inner_model

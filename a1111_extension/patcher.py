@@ -1,0 +1,81 @@
+"""reForge / Forge: per-sampling-pass patches on a clone of the unet patcher (``process_before_every_sampling``).
+
+The host resets ``p.sd_model.forge_objects`` from its LoRA-applied copy before every pass, so the clone (and
+with it every patch) is dropped when the pass ends; nothing global is modified.
+- model sampling: reForge object patch ``model_sampling`` (a fresh ModelSamplingDiscrete + V_PREDICTION/EPS with
+  the plan's sigmas, computed from scratch so a host ZTSNR is never applied twice); Forge object patch
+  ``predictor`` (a copy of the host's predictor with the plan's sigmas and prediction type).
+- k-diffusion schedule: the pass's own sampler wrapper gets the same sigmas.
+- CFG rescale: ``set_model_sampler_post_cfg_function`` (the A1111 cfg_denoised callback never fires there).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from .host import FORGE
+from .logic_cfg import post_cfg_rescale
+from .logic_sampling import SamplingPlan, plan_sigmas
+
+logger = logging.getLogger(__name__)
+FORGE_PREDICTION_TYPES = {"v": "v_prediction", "eps": "epsilon"}
+
+
+def _reforge_model_sampling(unet, plan: SamplingPlan, sigmas):
+    from ldm_patched.modules import model_sampling as ms
+
+    current = unet.model.model_sampling
+    if plan.prediction is None:
+        kind = ms.V_PREDICTION if isinstance(current, ms.V_PREDICTION) else ms.EPS
+    else:
+        kind = ms.V_PREDICTION if plan.prediction == "v" else ms.EPS
+    cls = type("VPredModelSampling", (ms.ModelSamplingDiscrete, kind), {})
+    obj = cls(unet.model.model_config)
+    obj.set_sigmas(sigmas)
+    return obj
+
+
+def _forge_predictor(unet, plan: SamplingPlan, sigmas):
+    predictor = copy.deepcopy(unet.model.predictor)
+    if plan.prediction is not None:
+        predictor.prediction_type = FORGE_PREDICTION_TYPES[plan.prediction]
+    predictor.set_sigmas(sigmas)
+    return predictor
+
+
+def _host_abar(sd_model):
+    return getattr(sd_model, "alphas_cumprod_original", getattr(sd_model, "alphas_cumprod", None))
+
+
+def _update_sampler_schedule(sampler, sigmas) -> None:
+    wrap = getattr(sampler, "model_wrap", None)
+    if wrap is None or not hasattr(wrap, "sigmas") or not hasattr(wrap, "log_sigmas"):
+        return
+    device = wrap.sigmas.device
+    wrap.sigmas = sigmas.to(device)
+    wrap.log_sigmas = sigmas.log().to(device)
+
+
+def patch_unet(p, host: str, plan: SamplingPlan | None, settings) -> None:
+    """Clone the pass's unet patcher, attach the patches and put the clone in place for this pass."""
+    unet = p.sd_model.forge_objects.unet.clone()
+    if plan is not None:
+        sigmas = plan_sigmas(plan, _host_abar(p.sd_model))
+        if host == FORGE:
+            unet.add_object_patch("predictor", _forge_predictor(unet, plan, sigmas))
+        else:
+            unet.add_object_patch("model_sampling", _reforge_model_sampling(unet, plan, sigmas))
+        _update_sampler_schedule(getattr(p, "sampler", None), sigmas)
+    if settings.cfg_rescale.enabled:
+        unet.set_model_sampler_post_cfg_function(make_post_cfg(settings.cfg_rescale, float(p.cfg_scale)))
+    p.sd_model.forge_objects.unet = unet
+
+
+def make_post_cfg(cfg_settings, fallback_scale: float):
+    """A post-cfg function closing over this request's settings (no global state)."""
+
+    def vpred_rescale_post_cfg(args):
+        return post_cfg_rescale(args, cfg_settings, fallback_scale)
+
+    return vpred_rescale_post_cfg

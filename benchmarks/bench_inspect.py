@@ -1,0 +1,161 @@
+"""Benchmark (not a test): header inspection vs a bare header read vs a full load, and a folder scan + YAML write.
+
+Run from the repository root: ``python benchmarks/bench_inspect.py [--files 200] [--repeat 50] [--no-full-load]``.
+Everything is created in a temporary folder (the >= 2 GB checkpoint is a sparse file) and removed afterwards.
+Targets: inspection <= 1.2x a bare header read, >= 100x faster than ``safetensors.torch.load_file``,
+200 checkpoints scanned + YAML written in < 1 s (warm page cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from ckpt_factory import checkpoint_tensors, write_safetensors  # noqa: E402
+
+from vpred_core.inspect_progress import find_checkpoints  # noqa: E402
+from vpred_core.inspection import CHECKPOINT_SUFFIXES, inspect_checkpoint  # noqa: E402
+from vpred_core.yaml_gen import WRITTEN, write_yaml_for_checkpoint  # noqa: E402
+
+GIB = 2**30
+BIG_TARGET_BYTES = 2 * GIB + GIB // 4
+SDXL_FILLER_BLOCKS = 355  # ~2500 tensors, the size of a real SDXL checkpoint header
+FAMILY_CYCLE = ("sdxl", "sd1", "sd2", "sdxl", "sdxl_refiner")
+KOHYA_METADATA = {
+    "modelspec.prediction_type": "v", "ss_zero_terminal_snr": "True", "ss_v_parameterization": "True",
+    "ss_tag_frequency": json.dumps({f"dir_{d}": {f"tag {t}": t for t in range(400)} for d in range(8)}),
+    "ss_training_started_at": "1700000000.0", "ss_base_model_version": "sdxl_base_v1-0",
+}
+
+
+def bare_header_read(path: str) -> dict:
+    """The floor: read the length, read the JSON, parse it (no validation, no interpretation)."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        return json.loads(handle.read(length))
+
+
+def best_and_median(func, repeat: int) -> tuple[float, float]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def make_big_checkpoint(folder: Path) -> Path:
+    tensors = checkpoint_tensors("sdxl", blocks=SDXL_FILLER_BLOCKS)
+    tensors["v_pred"] = ("F32", [0])
+    size = sum(2 * _count(shape) for _, shape in tensors.values())
+    index = 0
+    while size < BIG_TARGET_BYTES:  # pad with UNet-sized matrices until the file is >= 2 GB
+        tensors[f"model.diffusion_model.padding.{index}.weight"] = ("F16", [5120, 10240])
+        size += 2 * 5120 * 10240
+        index += 1
+    return write_safetensors(folder / "big_sdxl_v.safetensors", tensors, KOHYA_METADATA)
+
+
+def _count(shape) -> int:
+    total = 1
+    for dim in shape:
+        total *= dim
+    return total
+
+
+def bench_single(folder: Path, repeat: int, full_load: bool) -> None:
+    path = str(make_big_checkpoint(folder))
+    size = os.path.getsize(path)
+    bare_header_read(path)
+    inspect_checkpoint(path)  # warm the page cache and imports
+    bare_best, bare_median = best_and_median(lambda: bare_header_read(path), repeat)
+    insp_best, insp_median = best_and_median(lambda: inspect_checkpoint(path), repeat)
+    result = inspect_checkpoint(path)
+    print(f"checkpoint: {size / GIB:.2f} GiB sparse, {result.tensor_count} tensors, "
+          f"header {os.path.getsize(path) and _header_len(path) / 1024:.0f} KiB, detected {result.architecture.id} "
+          f"{result.prediction} ztsnr={result.ztsnr}")
+    print(f"bare header read      best {bare_best * 1e3:8.3f} ms   median {bare_median * 1e3:8.3f} ms")
+    print(f"inspect_checkpoint    best {insp_best * 1e3:8.3f} ms   median {insp_median * 1e3:8.3f} ms   "
+          f"ratio {insp_best / bare_best:.2f}x (best) {insp_median / bare_median:.2f}x (median)   target <= 1.2x")
+    if full_load:
+        from safetensors.torch import load_file
+
+        start = time.perf_counter()
+        state = load_file(path)
+        load_time = time.perf_counter() - start
+        del state
+        print(f"safetensors load_file      {load_time * 1e3:8.1f} ms   inspection is {load_time / insp_median:.0f}x "
+              f"faster (median)   target >= 100x")
+
+
+def _header_len(path: str) -> int:
+    with open(path, "rb") as handle:
+        return struct.unpack("<Q", handle.read(8))[0]
+
+
+def make_folder(folder: Path, count: int) -> None:
+    folder.mkdir()
+    for index in range(count):
+        family = FAMILY_CYCLE[index % len(FAMILY_CYCLE)]
+        blocks = SDXL_FILLER_BLOCKS if family.startswith("sdxl") else SDXL_FILLER_BLOCKS // 3
+        tensors = checkpoint_tensors(family, blocks=blocks)
+        if index % 2 == 0:
+            tensors["v_pred"] = ("F32", [0])
+        meta = {"modelspec.prediction_type": "v"} if family == "sd2" else None
+        write_safetensors(folder / f"model_{index:03d}.safetensors", tensors, meta)
+
+
+def scan_and_write(folder: Path, dry_run: bool) -> tuple[int, int]:
+    files = list(find_checkpoints(str(folder), CHECKPOINT_SUFFIXES, recursive=True))
+    written = sum(write_yaml_for_checkpoint(path, dry_run=dry_run).status == WRITTEN for path in files)
+    return len(files), written
+
+
+def bench_folder(base: Path, count: int) -> None:
+    folder = base / "folder"
+    make_folder(folder, count)
+    scan_and_write(folder, dry_run=True)  # warm: page cache, template cache, imports
+    start = time.perf_counter()
+    files, written = scan_and_write(folder, dry_run=False)
+    elapsed = time.perf_counter() - start
+    print(f"folder scan + YAML write: {files} checkpoints, {written} YAML written in {elapsed * 1e3:.0f} ms "
+          f"({elapsed / files * 1e3:.2f} ms each)   target < 1000 ms")
+    start = time.perf_counter()
+    for path in find_checkpoints(str(folder), CHECKPOINT_SUFFIXES, recursive=True):
+        bare_header_read(path)
+    print(f"same folder, bare header reads only (the floor on this machine): "
+          f"{(time.perf_counter() - start) * 1e3:.0f} ms")
+    start = time.perf_counter()
+    for path in find_checkpoints(str(folder), CHECKPOINT_SUFFIXES, recursive=True):
+        inspect_checkpoint(path)
+    print(f"folder scan, inspection only (YAML present, read back as a source): "
+          f"{(time.perf_counter() - start) * 1e3:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--no-full-load", action="store_true", help="skip the multi-GB safetensors load")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="vpred_bench_"))
+    try:
+        bench_single(base, args.repeat, not args.no_full_load)
+        bench_folder(base, args.files)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

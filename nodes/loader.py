@@ -1,0 +1,143 @@
+"""Checkpoint loader that inspects the file with the core (marker keys, metadata, YAML beside it) and applies the
+detected model sampling, including SD1.5 v-pred/ZTSNR which ComfyUI itself never detects."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+from ..vpred_core.inspect_sources import SRC_DEFAULT
+from ..vpred_core.inspection import STATUS_OK, inspect_checkpoint
+from ..vpred_core.settings import AUTO, ModelSamplingSettings
+from .common import CATEGORY, DETECTED_SETTINGS_KEY, display_name, node_id
+from .model_sampling_glue import Detected, describe, host_detected, patch_model_sampling
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_ALIASES = {"v": "v", "v_prediction": "v", "v-prediction": "v", "v-zsnr": "v", "eps": "eps",
+                      "epsilon": "eps"}
+INSPECTION_SOURCE = "checkpoint inspection"
+CHECKPOINTS_FOLDER = "checkpoints"
+EMBEDDINGS_FOLDER = "embeddings"
+INSPECTED_FIELDS = ("prediction", "ztsnr", "beta_schedule", "linear_start", "linear_end", "timesteps")
+
+
+def normalise_prediction(value) -> str | None:
+    """Core/metadata prediction spelling -> "v" / "eps" (None when unknown)."""
+    return PREDICTION_ALIASES.get(str(value).strip().lower()) if value is not None else None
+
+
+def inspected_value(inspection, name: str):
+    """A field's value when a real source (marker key, metadata, YAML, override) decided it; None for defaults."""
+    ref = (getattr(inspection, "sources", None) or {}).get(name)
+    if ref is None or getattr(ref, "source", SRC_DEFAULT) == SRC_DEFAULT:
+        return None
+    return getattr(inspection, name, None)
+
+
+def found_fields(inspection) -> dict:
+    """{field: value} of every model-sampling field the file itself states."""
+    if getattr(inspection, "status", STATUS_OK) != STATUS_OK:
+        return {}
+    found = {name: inspected_value(inspection, name) for name in INSPECTED_FIELDS}
+    if "prediction" in found:
+        found["prediction"] = normalise_prediction(found["prediction"])
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def merge_detection(inspection, host: Detected) -> Detected:
+    """Inspection results where the file states them, ComfyUI's detection otherwise."""
+    return replace(host, **found_fields(inspection), source=f"{INSPECTION_SOURCE} + {host.source}",
+                   notes=tuple(getattr(inspection, "warnings", ()) or ()))
+
+
+def auto_configure(model, inspection):
+    """Apply the detected model sampling to ``model`` (clone); returns (model, one-line summary)."""
+    host = host_detected(model)
+    if host.prediction is None:
+        return model, "not applied: the model is not a discrete eps/v model; kept ComfyUI's sampling"
+    if not found_fields(inspection):
+        return model, "nothing detected in the file; kept ComfyUI's own detection (" + describe_host(host) + ")"
+    detected = merge_detection(inspection, host)
+    model = model.clone()
+    model.model_options[DETECTED_SETTINGS_KEY] = detected
+    patched, prediction, spec = patch_model_sampling(model, ModelSamplingSettings(AUTO, AUTO), beta_auto=True)
+    return patched, "applied: " + describe(prediction, spec)
+
+
+def source_text(inspection, name: str) -> str:
+    ref = inspection.sources[name]
+    return f"{ref.source}: {ref.detail}" if getattr(ref, "detail", "") else str(ref.source)
+
+
+def describe_host(host: Detected) -> str:
+    return f"prediction={host.prediction}, ZTSNR {'on' if host.ztsnr else 'off'}"
+
+
+def inspection_json(inspection) -> str:
+    """The inspection's own JSON (pretty), or a note when it has none."""
+    try:
+        return json.dumps(json.loads(inspection.to_json()), indent=2, sort_keys=True)
+    except (AttributeError, TypeError, ValueError):
+        return "{}"
+
+
+def build_report(ckpt_name: str, inspection, summary: str) -> str:
+    """Text report: what was detected, from where, and what was applied."""
+    lines = [f"checkpoint: {ckpt_name}", f"model sampling {summary}"]
+    found = found_fields(inspection)
+    lines += [f"{name}: {value} (from {source_text(inspection, name)})" for name, value in found.items()]
+    if getattr(inspection, "error", None):
+        lines.append(f"inspection error: {inspection.error}")
+    lines += [f"warning: {w}" for w in getattr(inspection, "warnings", ()) or ()]
+    lines += ["inspection:", inspection_json(inspection)]
+    return "\n".join(lines)
+
+
+class CheckpointLoader:
+    """Load Checkpoint + header inspection + automatic model sampling."""
+
+    NODE_ID = node_id("CheckpointLoader")
+    DISPLAY_NAME = display_name("Load Checkpoint (auto-configure)")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE", "STRING")
+    RETURN_NAMES = ("model", "clip", "vae", "report")
+    OUTPUT_TOOLTIPS = (
+        "The diffusion model, with the detected prediction type / ZTSNR / betas applied.",
+        "The CLIP model used for encoding text prompts.",
+        "The VAE model used for encoding and decoding images to and from latent space.",
+        "What was detected (state-dict markers, safetensors metadata, YAML beside the file) and what was applied.",
+    )
+    FUNCTION = "load_checkpoint"
+    DESCRIPTION = ("Like Load Checkpoint, but reads the file header (v_pred/ztsnr marker keys, modelspec/kohya "
+                   "metadata, a <name>.yaml beside the checkpoint) without loading tensors, and applies the detected "
+                   "v-prediction, zero terminal SNR and beta schedule, for SD1.x too. Outputs a report string.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "ckpt_name": (checkpoint_names(), {"tooltip": "The checkpoint (model) to load and inspect."}),
+        }}
+
+    def load_checkpoint(self, ckpt_name):
+        import comfy.sd
+        import folder_paths
+
+        path = folder_paths.get_full_path_or_raise(CHECKPOINTS_FOLDER, ckpt_name)
+        inspection = inspect_checkpoint(path)
+        model, clip, vae = comfy.sd.load_checkpoint_guess_config(
+            path, output_vae=True, output_clip=True,
+            embedding_directory=folder_paths.get_folder_paths(EMBEDDINGS_FOLDER))[:3]
+        model, summary = auto_configure(model, inspection)
+        logger.info("%s: model sampling %s", ckpt_name, summary)
+        return (model, clip, vae, build_report(ckpt_name, inspection, summary))
+
+
+def checkpoint_names() -> list:
+    """ComfyUI's checkpoint list (empty outside ComfyUI)."""
+    try:
+        import folder_paths
+    except ImportError:
+        return []
+    return folder_paths.get_filename_list(CHECKPOINTS_FOLDER)

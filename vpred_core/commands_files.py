@@ -1,0 +1,134 @@
+"""``python -m vpred_core inspect`` and ``write-yaml``: checkpoint inspection and sidecar YAML generation.
+
+Exit codes: 0 = done (inspected / written or would be written), 1 = at least one error,
+3 = nothing to do (no checkpoint found, or every YAML already exists / was skipped). 2 is argparse's usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from .inspect_progress import ProgressBar, find_checkpoints, progress_wanted
+from .inspect_sources import load_override
+from .inspection import CHECKPOINT_SUFFIXES, STATUS_ERROR, InspectionResult, inspect_checkpoint
+from .yaml_gen import WOULD_WRITE, WRITTEN, write_yaml_for_checkpoint
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERRORS, EXIT_NOTHING_TO_DO = 0, 1, 3
+TABLE_COLUMNS = ("file", "arch", "pred", "ztsnr", "betas", "prediction from", "notes")
+
+
+def register(subparsers) -> None:
+    """Add the ``inspect`` and ``write-yaml`` sub-commands."""
+    inspect = subparsers.add_parser("inspect", help="show each checkpoint's inference settings (header only)")
+    _common(inspect)
+    inspect.add_argument("--json", action="store_true", help="one JSON document (a list) on stdout")
+    inspect.set_defaults(handler=run_inspect)
+    write = subparsers.add_parser("write-yaml", help="write <checkpoint>.yaml beside checkpoints for the webuis")
+    _common(write)
+    write.add_argument("--dry-run", action="store_true", help="report what would be written, write nothing")
+    write.add_argument("--force", action="store_true", help="replace existing YAML files (a .bak copy is kept)")
+    write.add_argument("--only-vpred", action="store_true", help="only checkpoints detected as v-prediction")
+    write.add_argument("--json", action="store_true", help="outcomes as JSON on stdout")
+    write.set_defaults(handler=run_write_yaml)
+
+
+def _common(parser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files or folders")
+    parser.add_argument("-r", "--recursive", action="store_true", help="scan folders recursively")
+    parser.add_argument("--override", metavar="FILE", help="YAML/JSON file of settings that win over detection")
+    parser.add_argument("--progress", dest="progress", action="store_true", default=None,
+                        help="progress bar on stderr even when it is not a terminal")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+
+
+def collect(paths: list[str], recursive: bool) -> tuple[list[str], list[str], bool]:
+    """(checkpoint files, error messages, whether any folder was scanned)."""
+    files, errors, scanned = [], [], False
+    for path in paths:
+        if os.path.isdir(path):
+            scanned = True
+            try:
+                files.extend(find_checkpoints(path, CHECKPOINT_SUFFIXES, recursive))
+            except OSError as exc:
+                errors.append(f"{path}: cannot list folder: {exc.strerror or exc}")
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            errors.append(f"{path}: no such file or folder")
+    return files, errors, scanned
+
+
+def _prepare(args) -> tuple[list[str], list[str], bool] | int:
+    if args.override is not None:
+        try:
+            load_override(args.override)
+        except ValueError as exc:
+            print(f"error: override file: {exc}")
+            return EXIT_ERRORS
+    return collect(args.paths, args.recursive)
+
+
+def run_inspect(args) -> int:
+    prepared = _prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    files, errors, scanned = prepared
+    results = []
+    with ProgressBar(len(files), scanned and progress_wanted(args.progress)) as bar:
+        for path in files:
+            results.append(inspect_checkpoint(path, args.override))
+            bar.step(os.path.basename(path))
+    if args.json:
+        print(json.dumps({"results": [r.to_dict() for r in results], "errors": errors}, indent=1))
+    else:
+        _print_table(results)
+        for message in errors:
+            print(f"error: {message}")
+    failed = errors or any(r.status == STATUS_ERROR for r in results)
+    return EXIT_ERRORS if failed else (EXIT_OK if results else EXIT_NOTHING_TO_DO)
+
+
+def _row(result: InspectionResult) -> tuple[str, ...]:
+    name = os.path.basename(result.path)
+    if not result.ok:
+        return (name, "-", "-", "-", "-", result.status, result.error or "")
+    betas = f"{result.beta_schedule} {result.linear_start:g}-{result.linear_end:g}"
+    source = result.sources.get("prediction")
+    notes = "; ".join(result.warnings)
+    return (name, result.architecture.id, result.prediction, "yes" if result.ztsnr else "no", betas,
+            source.source if source else "-", notes)
+
+
+def _print_table(results: list[InspectionResult]) -> None:
+    rows = [TABLE_COLUMNS, *(_row(r) for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+
+
+def run_write_yaml(args) -> int:
+    prepared = _prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    files, errors, scanned = prepared
+    outcomes = []
+    with ProgressBar(len(files), scanned and progress_wanted(args.progress)) as bar:
+        for path in files:
+            outcomes.append(write_yaml_for_checkpoint(path, force=args.force, dry_run=args.dry_run,
+                                                      only_vpred=args.only_vpred, override_path=args.override))
+            bar.step(os.path.basename(path))
+    if args.json:
+        print(json.dumps({"outcomes": [o.to_dict() for o in outcomes], "errors": errors}, indent=1))
+    else:
+        for outcome in outcomes:
+            detail = f" - {outcome.reason}" if outcome.reason else ""
+            print(f"{outcome.status:<12} {outcome.yaml_path}{detail}")
+        for message in errors:
+            print(f"error: {message}")
+    if errors or any(o.is_error for o in outcomes):
+        return EXIT_ERRORS
+    return EXIT_OK if any(o.status in (WRITTEN, WOULD_WRITE) for o in outcomes) else EXIT_NOTHING_TO_DO
