@@ -69,6 +69,15 @@ def cleanup(p) -> None:
     set_state(p, None)
 
 
+def repair_leftovers(p) -> None:
+    """Undo what a generation that raised (no postprocess) left behind: CFG callbacks, the timesteps wrapper and,
+    on A1111, the model's schedule. Runs at the start of every request, enabled or not (one request at a time)."""
+    a1111_callbacks.remove_stale()
+    a1111_timesteps.uninstall()
+    if detect_host(p.sd_model) == A1111:
+        a1111_model.restore_model(p.sd_model)
+
+
 class VPredScript(scripts.Script):
     def title(self):
         return ui.TITLE
@@ -83,6 +92,7 @@ class VPredScript(scripts.Script):
 
     def before_process(self, p, *args):
         cleanup(p)
+        repair_leftovers(p)
         request = args_to_request(args, getattr(p, XYZ_ATTR, None))
         if not request.enabled:
             return

@@ -9,12 +9,16 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import threading
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from webui_host_env import CPU_ARGS, EXTENSION_DIRNAME, ROOT, WEBUI_PATH  # noqa: E402
+
+HOST_CACHE_THREAD = "cache-writer"
+CACHE_JOIN_TIMEOUT_S = 15
 
 
 def _make_data_dir() -> str:
@@ -37,6 +41,9 @@ def webui_session():
     sys.path.insert(0, WEBUI_PATH)
     os.chdir(WEBUI_PATH)
     yield data_dir
+    for thread in threading.enumerate():
+        if thread.name == HOST_CACHE_THREAD:
+            thread.join(CACHE_JOIN_TIMEOUT_S)  # the host writes cache.json into the data dir a few seconds later
     os.chdir(saved_cwd)
     sys.argv, sys.path[:] = saved_argv, saved_path
     shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Host tests against a webui source tree (``WEBUI_PATH``); skipped when it is unset.
+"""Host tests against a webui source tree (``WEBUI_PATH``); skipped when it is unset (setup in conftest.py).
 
 Only modules that import without launching the UI are used (see docs/HOST_TESTING.md, "webui")."""
 
@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from webui_host_env import host_import
 
 WEBUI_PATH = os.environ.get("WEBUI_PATH")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -19,20 +20,8 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def webui_on_path():
-    saved_argv, saved_path = sys.argv, list(sys.path)
-    sys.argv = ["webui.py", "--skip-torch-cuda-test"]
-    sys.path.insert(0, WEBUI_PATH)
-    yield
-    sys.argv, sys.path[:] = saved_argv, saved_path
-
-
 def _try_import(name):
-    try:
-        return importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001 - any host import failure means "not importable here"
-        pytest.skip(f"{name} not importable without launching the webui: {type(exc).__name__}: {exc}")
+    return host_import(name)
 
 
 def test_scripts_loader_imports_extension_like_the_webui():

@@ -7,8 +7,9 @@ import types
 
 import pytest
 import torch
-from webui_host_env import EXTENSION_DIRNAME, host_import, initialized_shared
+from webui_host_env import EXTENSION_DIRNAME, WEBUI_PATH, host_import, initialized_shared
 
+pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 ckpt_factory = pytest.importorskip("ckpt_factory")
 
 STEPS = 20
@@ -74,6 +75,7 @@ def _tiny_model(tmp_path):
     config.model.params.cond_stage_config = "__is_unconditional__"
     model = ldm_util.instantiate_from_config(config.model)
     model.alphas_cumprod_original = model.alphas_cumprod
+    model.is_sdxl, model.is_sd2, model.is_sd1, model.is_ssd = False, False, True, False  # set by load_model
     model.sd_checkpoint_info = types.SimpleNamespace(filename=checkpoint)
     sd_models.model_data.set_sd_model(model)
     return model

@@ -12,8 +12,9 @@ import types
 import pytest
 import torch
 import yaml
-from webui_host_env import host_import, initialized_shared
+from webui_host_env import WEBUI_PATH, host_import, initialized_shared
 
+pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 ckpt_factory = pytest.importorskip("ckpt_factory")
 
 ALPHAS_ATOL = 1e-6  # ldm stores float32 buffers; the core computes in float64
