@@ -26,15 +26,14 @@ def _try_import(name):
 
 def test_scripts_loader_imports_extension_like_the_webui():
     """As modules.scripts.load_scripts: extension root first on sys.path, module loaded from its file path."""
-    saved = list(sys.path)
-    sys.path = [str(ROOT)] + sys.path
+    sys.path.insert(0, str(ROOT))  # (in place: the host's modules.paths adds its repositories meanwhile)
     try:
         path = ROOT / "scripts" / "vpred_ztsnr.py"
         spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        sys.path = saved
+        sys.path.remove(str(ROOT))
     package = module.load_package()
     assert package.__name__ == "vpred_ztsnr_webui"
     assert importlib.import_module("vpred_ztsnr_webui.logic_ui").ARG_NAMES
