@@ -25,12 +25,13 @@ RESCALE_SPACE_IDS = ("v", "x0", "eps")
 DEFAULT_RESCALE_PHI = 0.7
 STATS_DTYPE = torch.float64
 FALLBACK_STATS_DTYPE = torch.float32
-NO_FLOAT64_DEVICE_TYPES = ("mps",)
+# Apple MPS has no float64; DirectML ("privateuseone") and Intel Arc XPUs lack it or emulate it unreliably.
+NO_FLOAT64_DEVICE_TYPES = ("mps", "privateuseone", "xpu")
 STD_EPS = 1e-12
 
 
 def stats_dtype(device: torch.device) -> torch.dtype:
-    """float64 for the std ratio, float32 on devices without float64 (Apple MPS)."""
+    """float64 for the std ratio, float32 on devices without (reliable) float64 (MPS, DirectML, XPU)."""
     return FALLBACK_STATS_DTYPE if torch.device(device).type in NO_FLOAT64_DEVICE_TYPES else STATS_DTYPE
 
 
