@@ -9,13 +9,17 @@ object with the checkpoint they belong to, so a crashed request is repaired by t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import torch
 
 from .logic_sampling import SamplingPlan, plan_alphas_cumprod
 
 logger = logging.getLogger(__name__)
 SAVED_ATTR = "vpred_saved_host_schedule"
 MISSING = object()
+SAVED_NAMES = ("alphas_cumprod", "alphas_cumprod_original", "parameterization")
+PREDICTION_ONLY = ("parameterization",)
 
 
 @dataclass(frozen=True)
@@ -24,10 +28,18 @@ class SavedSchedule:
     alphas_cumprod: object
     alphas_cumprod_original: object
     parameterization: object
+    installed: object = None  # the plan's alphas_cumprod, to tell a leaked plan from a checkpoint's own values
 
 
 def checkpoint_filename(sd_model) -> str | None:
     return getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None)
+
+
+def _put_back(sd_model, saved: SavedSchedule, names=SAVED_NAMES):
+    for name in names:
+        value = getattr(saved, name)
+        if value is not MISSING:
+            setattr(sd_model, name, value)
 
 
 def restore_model(sd_model) -> bool:
@@ -38,11 +50,26 @@ def restore_model(sd_model) -> bool:
     delattr(sd_model, SAVED_ATTR)
     if saved.checkpoint != checkpoint_filename(sd_model):
         return False
-    for name in ("alphas_cumprod", "alphas_cumprod_original", "parameterization"):
-        value = getattr(saved, name)
-        if value is not MISSING:
-            setattr(sd_model, name, value)
+    _put_back(sd_model, saved)
     return True
+
+
+def _plan_leaked(sd_model, saved: SavedSchedule) -> bool:
+    current = getattr(sd_model, "alphas_cumprod_original", getattr(sd_model, "alphas_cumprod", None))
+    return (isinstance(current, torch.Tensor) and isinstance(saved.installed, torch.Tensor)
+            and current.shape == saved.installed.shape and torch.equal(current.cpu(), saved.installed.cpu()))
+
+
+def on_model_loaded(sd_model) -> None:
+    """The host loaded another checkpoint's weights into this model object (it reuses the object only for the same
+    config, so the saved host values are that checkpoint's too): the plan belonged to the previous checkpoint.
+    The prediction type is put back; the schedule too unless the new state dict brought its own alphas_cumprod."""
+    saved = getattr(sd_model, SAVED_ATTR, None)
+    if saved is None or saved.checkpoint == checkpoint_filename(sd_model):
+        return
+    delattr(sd_model, SAVED_ATTR)
+    _put_back(sd_model, saved, SAVED_NAMES if _plan_leaked(sd_model, saved) else PREDICTION_ONLY)
+    logger.debug("V-Pred: %s loaded into a patched model; host values put back", checkpoint_filename(sd_model))
 
 
 def _save(sd_model) -> None:
@@ -65,6 +92,7 @@ def apply_plan(sd_model, plan: SamplingPlan) -> None:
     host_original = saved.alphas_cumprod_original
     base = host_original if host_original is not MISSING else saved.alphas_cumprod
     abar = plan_alphas_cumprod(plan, base)
+    setattr(sd_model, SAVED_ATTR, replace(saved, installed=abar.detach().clone()))
     if host_original is not MISSING:
         sd_model.alphas_cumprod_original = abar
         sd_models.apply_alpha_schedule_override(sd_model)

@@ -48,13 +48,29 @@ def _host_abar(sd_model):
     return getattr(sd_model, "alphas_cumprod_original", getattr(sd_model, "alphas_cumprod", None))
 
 
-def _update_sampler_schedule(sampler, sigmas) -> None:
+def _update_sampler_schedule(sampler, sigmas, predictor=None) -> None:
+    """Give the pass's k-diffusion wrapper the plan's schedule: Forge's ``ForgeScheduleLinker`` reads its (read-only)
+    sigmas from its ``predictor``; reForge's CompVis wrapper keeps ``sigmas`` / ``log_sigmas`` buffers."""
     wrap = getattr(sampler, "model_wrap", None)
-    if wrap is None or not hasattr(wrap, "sigmas") or not hasattr(wrap, "log_sigmas"):
+    if wrap is None:
+        return
+    if predictor is not None and hasattr(wrap, "predictor"):
+        wrap.predictor = predictor
+        return
+    if not hasattr(wrap, "sigmas") or not hasattr(wrap, "log_sigmas"):
         return
     device = wrap.sigmas.device
     wrap.sigmas = sigmas.to(device)
     wrap.log_sigmas = sigmas.log().to(device)
+
+
+def pass_cfg_scale(p) -> float:
+    """The scale the host's CFG uses in this pass (Forge leaves it out of the post-cfg args; its hires pass uses
+    ``hr_cfg``)."""
+    hr_cfg = getattr(p, "hr_cfg", None)
+    if getattr(p, "is_hr_pass", False) and hr_cfg is not None:
+        return float(hr_cfg)
+    return float(p.cfg_scale)
 
 
 def patch_unet(p, host: str, plan: SamplingPlan | None, settings) -> None:
@@ -63,12 +79,14 @@ def patch_unet(p, host: str, plan: SamplingPlan | None, settings) -> None:
     if plan is not None:
         sigmas = plan_sigmas(plan, _host_abar(p.sd_model))
         if host == FORGE:
-            unet.add_object_patch("predictor", _forge_predictor(unet, plan, sigmas))
+            predictor = _forge_predictor(unet, plan, sigmas)
+            unet.add_object_patch("predictor", predictor)
+            _update_sampler_schedule(getattr(p, "sampler", None), sigmas, predictor)
         else:
             unet.add_object_patch("model_sampling", _reforge_model_sampling(unet, plan, sigmas))
-        _update_sampler_schedule(getattr(p, "sampler", None), sigmas)
+            _update_sampler_schedule(getattr(p, "sampler", None), sigmas)
     if settings.cfg_rescale.enabled:
-        unet.set_model_sampler_post_cfg_function(make_post_cfg(settings.cfg_rescale, float(p.cfg_scale)))
+        unet.set_model_sampler_post_cfg_function(make_post_cfg(settings.cfg_rescale, pass_cfg_scale(p)))
     p.sd_model.forge_objects.unet = unet
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from webui_host_env import host_import
+from webui_host_env import host_import, initialized_shared
 
 WEBUI_PATH = os.environ.get("WEBUI_PATH")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -57,6 +57,7 @@ class _P:
 
 
 def test_cfg_hook_with_real_callbacks_and_prompt_parser():
+    initialized_shared()  # the host's callbacks read shared.opts
     script_callbacks = _try_import("modules.script_callbacks")
     prompt_parser = _try_import("modules.prompt_parser")
     from a1111_extension.a1111_callbacks import RequestCallbacks, remove_stale

@@ -3,11 +3,16 @@ real samplers and a tiny ldm model built from the crafted YAML (``WEBUI_PATH``; 
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
-from webui_host_env import EXTENSION_DIRNAME, WEBUI_PATH, host_import, initialized_shared
+from webui_host_env import (
+    EXTENSION_DIRNAME,
+    WEBUI_PATH,
+    host_import,
+    is_forge_family,
+    load_vpred_script,
+    tiny_ldm_model,
+)
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 ckpt_factory = pytest.importorskip("ckpt_factory")
@@ -19,23 +24,19 @@ ZTSNR_SIGMA_MAX = 4518.76
 # enabled, prediction, ztsnr, beta_end, trailing, phi, space, sigma_high, sigma_low, uncond
 ENABLED_ARGS = (True, "auto", "auto", 0, True, 0.7, "v", 0, 0, "zero")
 DISABLED_ARGS = (False, *ENABLED_ARGS[1:])
-TINY_UNET = {"model_channels": 32, "channel_mult": [1], "num_res_blocks": 1, "attention_resolutions": [],
-             "num_heads": 1, "num_head_channels": -1}
-TINY_VAE = {"ch": 32, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": []}
 
 
 @pytest.fixture(scope="module")
 def loaded_script():
     """modules.extensions.list_extensions + modules.scripts.load_scripts, as webui.py's initialize does."""
-    initialized_shared()
-    extensions = host_import("modules.extensions")
-    scripts = host_import("modules.scripts")
-    extensions.list_extensions()
-    assert EXTENSION_DIRNAME in [ext.name for ext in extensions.active()]
-    scripts.load_scripts()
-    ours = [d for d in scripts.scripts_data if d.script_class.__name__ == "VPredScript"]
-    assert len(ours) == 1, "the webui's loader did not find the extension's Script class"
-    return scripts, ours[0]
+    return load_vpred_script()
+
+
+@pytest.fixture
+def a1111_only():
+    """The A1111 request flow (alphas_cumprod on an ldm model); reForge / Forge run test_webui_host_reforge.py."""
+    if is_forge_family():
+        pytest.skip("A1111 model flow; reForge / Forge models carry forge_objects (test_webui_host_reforge.py)")
 
 
 def test_loader_finds_script_and_registers_callbacks(loaded_script):
@@ -61,24 +62,7 @@ def test_xyz_axes_added_to_builtin_grid(loaded_script):
 
 
 def _tiny_model(tmp_path):
-    """A tiny LatentDiffusion from the crafted YAML of a v-pred + ZTSNR checkpoint, as sd_models.load_model keeps it."""
-    omegaconf = host_import("omegaconf")
-    ldm_util = host_import("ldm.util")
-    sd_models = host_import("modules.sd_models")
-    from vpred_ztsnr_webui.model_files import write_yaml_if_needed
-
-    checkpoint = str(tmp_path / "tiny_v.safetensors")
-    ckpt_factory.build_checkpoint(checkpoint, "sd1", markers=("v_pred", "ztsnr"))
-    config = omegaconf.OmegaConf.load(write_yaml_if_needed(checkpoint))
-    config.model.params.unet_config.params.update(TINY_UNET)
-    config.model.params.first_stage_config.params.ddconfig.update(TINY_VAE)
-    config.model.params.cond_stage_config = "__is_unconditional__"
-    model = ldm_util.instantiate_from_config(config.model)
-    model.alphas_cumprod_original = model.alphas_cumprod
-    model.is_sdxl, model.is_sd2, model.is_sd1, model.is_ssd = False, False, True, False  # set by load_model
-    model.sd_checkpoint_info = types.SimpleNamespace(filename=checkpoint)
-    sd_models.model_data.set_sd_model(model)
-    return model
+    return tiny_ldm_model(tmp_path)
 
 
 class _P:
@@ -120,7 +104,7 @@ def _start(script, p, args):
     script.process_batch(p, *args, batch_number=0, prompts=[""], seeds=[0], subseeds=[0])
 
 
-def test_request_starts_at_sigma_max_and_restores(loaded_script, tmp_path):
+def test_request_starts_at_sigma_max_and_restores(loaded_script, a1111_only, tmp_path):
     _, data = loaded_script
     timesteps_mod = host_import("modules.sd_samplers_timesteps")
     model = _tiny_model(tmp_path)
@@ -141,7 +125,7 @@ def test_request_starts_at_sigma_max_and_restores(loaded_script, tmp_path):
 
 
 @pytest.mark.parametrize("next_args", [DISABLED_ARGS, ENABLED_ARGS], ids=["next-disabled", "next-enabled"])
-def test_interrupted_request_is_repaired_by_the_next(loaded_script, tmp_path, next_args):
+def test_interrupted_request_is_repaired_by_the_next(loaded_script, a1111_only, tmp_path, next_args):
     """No postprocess after an exception in sampling: the next request must start from the host's values."""
     _, data = loaded_script
     timesteps_mod = host_import("modules.sd_samplers_timesteps")

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import os
 import pathlib
+import types
 
 import pytest
 
@@ -16,6 +17,9 @@ CPU_ARGS = [
     "--skip-torch-cuda-test", "--use-cpu", "all", "--no-half", "--no-download-sd-model", "--skip-install",
     "--always-cpu",  # reForge / Forge backend
 ]
+TINY_UNET = {"model_channels": 32, "channel_mult": [1], "num_res_blocks": 1, "attention_resolutions": [],
+             "num_heads": 1, "num_head_channels": -1}
+TINY_VAE = {"ch": 32, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": []}
 
 
 def host_import(name: str):
@@ -28,7 +32,7 @@ def host_import(name: str):
 
 def _initialize_forge() -> None:
     """reForge / Forge: ``webui.py`` parses the backend arguments (``--always-cpu``) before anything else."""
-    if importlib.util.find_spec("modules_forge") is None:
+    if not is_forge_family():
         return
     forge_init = host_import("modules_forge.initialization")
     if not getattr(forge_init, "vpred_test_initialized", False):
@@ -36,10 +40,57 @@ def _initialize_forge() -> None:
         forge_init.vpred_test_initialized = True
 
 
+def is_forge_family() -> bool:
+    """reForge / Forge trees ship ``modules_forge`` (their backend is initialised before anything else)."""
+    return importlib.util.find_spec("modules_forge") is not None
+
+
 def initialized_shared():
-    """``modules.shared`` with ``opts`` / ``state`` set up as ``webui.py`` does (A1111 ``shared_init``)."""
+    """``modules.shared`` with ``opts`` / ``state`` set up as ``webui.py`` does: A1111 ``shared_init``; reForge /
+    Forge ``initialize_forge()`` then ``initialize.imports()`` (imported in any other order, their ``sd_models``
+    hits a circular import through ``sd_samplers_common``)."""
     _initialize_forge()
     shared = host_import("modules.shared")
     if getattr(shared, "opts", None) is None:
-        host_import("modules.shared_init").initialize()
+        if is_forge_family():
+            host_import("modules.initialize").imports()
+        else:
+            host_import("modules.shared_init").initialize()
     return shared
+
+
+def load_vpred_script():
+    """(modules.scripts, ScriptClassData) after ``extensions.list_extensions`` + ``scripts.load_scripts``, as
+    ``webui.py``'s initialize does; asserts the webui's own loader found the extension's Script class."""
+    initialized_shared()
+    extensions = host_import("modules.extensions")
+    scripts = host_import("modules.scripts")
+    extensions.list_extensions()
+    assert EXTENSION_DIRNAME in [ext.name for ext in extensions.active()]
+    scripts.load_scripts()
+    ours = [d for d in scripts.scripts_data if d.script_class.__name__ == "VPredScript"]
+    assert len(ours) == 1, "the webui's loader did not find the extension's Script class"
+    return scripts, ours[0]
+
+
+def tiny_ldm_model(tmp_path, name: str = "tiny_v", markers=("v_pred", "ztsnr")):
+    """A tiny ldm LatentDiffusion from the crafted YAML of a v-pred checkpoint, set as ``shared.sd_model`` with the
+    attributes ``sd_models.load_model`` adds (A1111 layout)."""
+    ckpt_factory = pytest.importorskip("ckpt_factory")
+    omegaconf = host_import("omegaconf")
+    ldm_util = host_import("ldm.util")
+    sd_models = host_import("modules.sd_models")
+    from vpred_ztsnr_webui.model_files import write_yaml_if_needed
+
+    checkpoint = str(tmp_path / f"{name}.safetensors")
+    ckpt_factory.build_checkpoint(checkpoint, "sd1", markers=markers)
+    config = omegaconf.OmegaConf.load(write_yaml_if_needed(checkpoint))
+    config.model.params.unet_config.params.update(TINY_UNET)
+    config.model.params.first_stage_config.params.ddconfig.update(TINY_VAE)
+    config.model.params.cond_stage_config = "__is_unconditional__"
+    model = ldm_util.instantiate_from_config(config.model)
+    model.alphas_cumprod_original = model.alphas_cumprod
+    model.is_sdxl, model.is_sd2, model.is_sd1, model.is_ssd = False, False, True, False  # set by load_model
+    model.sd_checkpoint_info = types.SimpleNamespace(filename=checkpoint)
+    sd_models.model_data.set_sd_model(model)
+    return model
