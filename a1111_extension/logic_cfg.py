@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from vpred_core.cfg import rescale_cfg_denoised
+from vpred_core.cfg import rescale_cfg_denoised, stats_dtype
 from vpred_core.settings import CfgRescaleSettings
 
 MIN_WEIGHT_SUM = 1e-8
@@ -64,7 +64,7 @@ def _apply_deltas(x_out, conds_list, diff, cond_scale: float, sums) -> torch.Ten
 
 
 def _vp_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, ndim: int):
-    abar = alphas_cumprod.to(timesteps.device)[timesteps.long()].double()
+    abar = alphas_cumprod.to(timesteps.device)[timesteps.long()].to(stats_dtype(timesteps.device))
     shape = (-1,) + (1,) * (ndim - 1)
     return abar.sqrt().view(shape), (1.0 - abar).sqrt().view(shape), abar
 
@@ -72,8 +72,9 @@ def _vp_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, ndim
 def rescale_eps_outputs(x_in, t_in, x_out, conds_list, cond_scale, settings, alphas_cumprod):
     """New x_out (DDIM/PLMS/UniPC, eps outputs at integer timesteps) with the rescale done on x0 in VE terms."""
     alpha, s, abar = _vp_coefficients(alphas_cumprod, t_in, x_in.ndim)
-    x_t = x_in.double()
-    x0_out = ((x_t - s * x_out.double()) / alpha)
+    wide = stats_dtype(x_in.device)  # float64, float32 where the device has none (MPS)
+    x_t = x_in.to(wide)
+    x0_out = ((x_t - s * x_out.to(wide)) / alpha)
     sigma = ((1.0 - abar) / abar).sqrt()
     x_ve = x_t / alpha
     new_x0 = rescale_x0_outputs(x_ve, sigma, x0_out, conds_list, cond_scale, settings)

@@ -105,7 +105,7 @@ def plan_alphas_cumprod(plan: SamplingPlan, host_abar: torch.Tensor | None = Non
     With betas left to the host (beta_end auto, nothing detected) the host's own non-ZTSNR schedule is the base,
     ZTSNR-rescaled by the core when the plan wants it; otherwise the plan's ScheduleSpec."""
     if plan.betas_from_host and host_abar is not None and not is_zero_terminal_snr(host_abar):
-        abar = host_abar.to(torch.float64)
+        abar = host_abar.detach().cpu().to(torch.float64)  # MPS has no float64: do the maths on the CPU
         abar = rescale_zero_terminal_snr(abar, plan.spec.terminal) if plan.ztsnr else abar
     else:
         abar = plan.spec.alphas_cumprod()
@@ -130,7 +130,8 @@ def scheduler_needs_trailing_override(scheduler_name: str | None) -> bool:
 
 def trailing_sigmas(sigmas_table: torch.Tensor, steps: int) -> torch.Tensor:
     """Trailing-spaced k-diffusion sigmas (steps + 1, first = sigma_max, last 0) from the model's own table."""
-    return sigma_schedule(sigmas_table.double(), int(steps), "trailing").to(sigmas_table.dtype)
+    table = sigmas_table.detach().cpu().double()  # MPS has no float64: do the maths on the CPU
+    return sigma_schedule(table, int(steps), "trailing").to(device=sigmas_table.device, dtype=sigmas_table.dtype)
 
 
 def webui_timesteps(spacing: str, steps: int, timesteps: int = 1000) -> torch.Tensor:
