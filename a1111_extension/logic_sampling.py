@@ -15,7 +15,6 @@ from vpred_core.ztsnr import is_zero_terminal_snr, rescale_zero_terminal_snr
 HOST_ZTSNR_LABEL = "Zero Terminal SNR"
 HOST_DEFAULT_SCHEDULE_LABEL = "Default"
 SIGMA_MAX_RTOL = 1e-4
-UNSTATED_SOURCES = ("none", "default")
 # k-diffusion schedulers (webui names and labels, lower case) whose first sigma is below the model's sigma_max.
 SCHEDULERS_NOT_STARTING_AT_SIGMA_MAX = frozenset({
     "ddim", "align_your_steps", "align your steps", "align_your_steps_custom", "align your steps custom",
@@ -54,26 +53,14 @@ class SamplingPlan:
         return same_prediction and self.ztsnr == host_ztsnr and self.betas_from_host
 
 
-def _stated(result, name: str) -> bool:
-    """True when a real source (not the core's defaults, not "none") decided ``name``."""
-    sources = getattr(result, "sources", None)
-    if sources is None:
-        return getattr(result, name, None) is not None
-    ref = sources.get(name)
-    return ref is not None and getattr(ref, "source", None) not in UNSTATED_SOURCES
-
-
 def detected_from_inspection(result) -> Detected:
     """Detected values from a core InspectionResult (fields decided only by defaults count as unknown)."""
-    if result is None or not getattr(result, "ok", True):
-        return Detected()
-    value = lambda name: getattr(result, name, None) if _stated(result, name) else None  # noqa: E731
-    prediction = value("prediction")
+    stated = result.stated_fields() if result is not None else {}
     return Detected(
-        prediction=prediction if prediction in ("v", "eps") else None,
-        ztsnr=value("ztsnr"),
-        linear_start=value("linear_start"),
-        linear_end=value("linear_end"),
+        prediction=stated.get("prediction"),
+        ztsnr=stated.get("ztsnr"),
+        linear_start=stated.get("linear_start"),
+        linear_end=stated.get("linear_end"),
     )
 
 

@@ -7,43 +7,22 @@ import json
 import logging
 from dataclasses import replace
 
-from ..vpred_core.inspect_sources import SRC_DEFAULT
-from ..vpred_core.inspection import STATUS_OK, inspect_checkpoint
+from ..vpred_core.inspection import inspect_checkpoint
 from ..vpred_core.settings import AUTO, ModelSamplingSettings
 from .common import CATEGORY, DETECTED_SETTINGS_KEY, display_name, node_id
 from .model_sampling_glue import Detected, describe, host_detected, patch_model_sampling
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_ALIASES = {"v": "v", "v_prediction": "v", "v-prediction": "v", "v-zsnr": "v", "eps": "eps",
-                      "epsilon": "eps"}
 INSPECTION_SOURCE = "checkpoint inspection"
 CHECKPOINTS_FOLDER = "checkpoints"
 EMBEDDINGS_FOLDER = "embeddings"
-INSPECTED_FIELDS = ("prediction", "ztsnr", "beta_schedule", "linear_start", "linear_end", "timesteps")
-
-
-def normalise_prediction(value) -> str | None:
-    """Core/metadata prediction spelling -> "v" / "eps" (None when unknown)."""
-    return PREDICTION_ALIASES.get(str(value).strip().lower()) if value is not None else None
-
-
-def inspected_value(inspection, name: str):
-    """A field's value when a real source (marker key, metadata, YAML, override) decided it; None for defaults."""
-    ref = (getattr(inspection, "sources", None) or {}).get(name)
-    if ref is None or getattr(ref, "source", SRC_DEFAULT) == SRC_DEFAULT:
-        return None
-    return getattr(inspection, name, None)
 
 
 def found_fields(inspection) -> dict:
-    """{field: value} of every model-sampling field the file itself states."""
-    if getattr(inspection, "status", STATUS_OK) != STATUS_OK:
-        return {}
-    found = {name: inspected_value(inspection, name) for name in INSPECTED_FIELDS}
-    if "prediction" in found:
-        found["prediction"] = normalise_prediction(found["prediction"])
-    return {name: value for name, value in found.items() if value is not None}
+    """{field: value} of every model-sampling field the file itself states (defaults left out; see
+    ``InspectionResult.stated_fields``)."""
+    return inspection.stated_fields()
 
 
 def merge_detection(inspection, host: Detected) -> Detected:

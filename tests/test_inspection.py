@@ -150,3 +150,13 @@ def test_json_round_trip(tmp_path):
 
 def test_precedence_order_is_documented():
     assert SOURCE_PRECEDENCE[0] == "override" and SOURCE_PRECEDENCE[-1] == "default"
+
+
+def test_stated_fields_leave_out_defaults(tmp_path):
+    build = build_checkpoint
+    stated = inspect_checkpoint(build(tmp_path / "a.safetensors", "sd1", markers=("v_pred",))).stated_fields()
+    assert stated == {"prediction": "v"}
+    assert inspect_checkpoint(build(tmp_path / "b.safetensors", "sd2")).stated_fields() == {}
+    both = inspect_checkpoint(build(tmp_path / "c.safetensors", "sdxl", markers=("v_pred", "ztsnr"))).stated_fields()
+    assert both == {"prediction": "v", "ztsnr": True}
+    assert inspect_checkpoint(tmp_path / "missing.safetensors").stated_fields() == {}

@@ -216,3 +216,20 @@ def test_render_is_deterministic(tmp_path):
     path = build_checkpoint(tmp_path / "m.safetensors", "sdxl", markers=("v_pred",))
     result = inspect_checkpoint(path)
     assert render_yaml(result) == render_yaml(result)
+
+
+def test_unstated_ztsnr_is_recorded_as_null_and_stays_unknown(tmp_path):
+    """A YAML we wrote must not turn "no source states ZTSNR" into "ZTSNR off" when read back as a source."""
+    ckpt = build_checkpoint(tmp_path / "plain_v.safetensors", "sdxl", markers=("v_pred",))
+    assert write_yaml_for_checkpoint(ckpt).status == "written"
+    yaml_path = ckpt.with_suffix(".yaml")
+    assert read_record(str(yaml_path))["ztsnr"] is None
+    assert read_ztsnr_from_yaml(str(yaml_path)) is None
+    again = inspect_checkpoint(ckpt)
+    assert again.sources["ztsnr"].source == "default" and "ztsnr" not in again.stated_fields()
+
+
+def test_stated_ztsnr_round_trips_through_the_record(tmp_path):
+    ckpt = build_checkpoint(tmp_path / "z.safetensors", "sd1", metadata={"modelspec.prediction_type": "v-zsnr"})
+    write_yaml_for_checkpoint(ckpt)
+    assert read_ztsnr_from_yaml(str(ckpt.with_suffix(".yaml"))) is True

@@ -19,6 +19,8 @@ SRC_KOHYA = "kohya_metadata"
 SRC_PREDICT_KEY = "modelspec.predict_key"
 SRC_YAML = "sidecar_yaml"
 SRC_DEFAULT = "default"
+SRC_NONE = "none"  # no source states the field (no default either)
+UNSTATED_SOURCES = (SRC_DEFAULT, SRC_NONE)
 # Highest first. Explicit user intent, then what the weights carry (marker keys, then metadata written by
 # trainers, then ComfyUI's save-time note), then the sidecar YAML (a derived, often copied, file), then defaults.
 SOURCE_PRECEDENCE = (SRC_OVERRIDE, SRC_KEYS, SRC_MODELSPEC, SRC_KOHYA, SRC_PREDICT_KEY, SRC_YAML, SRC_DEFAULT)

@@ -19,6 +19,8 @@ from .inspect_sources import (
     FIELDS,
     SOURCE_PRECEDENCE,
     SRC_DEFAULT,
+    SRC_NONE,
+    UNSTATED_SOURCES,
     Claim,
     claims_from_keys,
     claims_from_metadata,
@@ -36,6 +38,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 STATUS_OK, STATUS_UNSUPPORTED, STATUS_ERROR = "ok", "unsupported", "error"
 PREDICTION_UNKNOWN = "unknown"
+STATED_PREDICTIONS = ("v", "eps")
 DEFAULT_BETA_SCHEDULE = "scaled_linear"
 FLOAT_REL_TOL = 1e-9
 # Families whose weights say nothing about the prediction type: no default is guessed for them.
@@ -76,6 +79,17 @@ class InspectionResult:
     @property
     def is_vpred(self) -> bool:
         return self.prediction == "v"
+
+    def stated_fields(self) -> dict[str, object]:
+        """{field: value} for the fields the file itself (or an override / sidecar YAML) states; fields decided
+        only by defaults, and everything of a file that could not be inspected, are left out."""
+        if not self.ok:
+            return {}
+        stated = {name: getattr(self, name) for name, ref in self.sources.items()
+                  if ref.source not in UNSTATED_SOURCES}
+        if stated.get("prediction") not in STATED_PREDICTIONS:
+            stated.pop("prediction", None)
+        return stated
 
     def to_dict(self) -> dict:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -150,7 +164,7 @@ def _resolve(result: InspectionResult, claims: list[Claim]) -> None:
     for name in FIELDS:
         ranked = sorted((c for c in claims if c.field == name), key=lambda c: rank[c.source])
         if not ranked:
-            result.sources[name] = SourceRef("none", "no source states it")
+            result.sources[name] = SourceRef(SRC_NONE, "no source states it")
             continue
         winner = ranked[0]
         setattr(result, name, winner.value)

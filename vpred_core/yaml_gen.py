@@ -146,10 +146,17 @@ def _record(result: InspectionResult, template: str) -> dict:
     return {
         "format": RECORD_FORMAT, "generator": GENERATOR, "checkpoint": _clean(os.path.basename(result.path)),
         "architecture": result.architecture.id, "template": template, "prediction": result.prediction,
-        "ztsnr": bool(result.ztsnr), "beta_schedule": result.beta_schedule,
+        "ztsnr": _stated_ztsnr(result), "beta_schedule": result.beta_schedule,
         "linear_start": float(result.linear_start), "linear_end": float(result.linear_end),
         "timesteps": int(result.timesteps), "sources": sources,
     }
+
+
+def _stated_ztsnr(result: InspectionResult) -> bool | None:
+    """The ZTSNR flag when a source states it; None (YAML null) when only the default decided it, so that reading
+    the record back never turns "unknown" into "off" (the webui's own setting must still apply then)."""
+    stated = result.stated_fields()
+    return bool(stated["ztsnr"]) if "ztsnr" in stated else None
 
 
 def _clean(text: str) -> str:
