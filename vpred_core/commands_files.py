@@ -72,7 +72,8 @@ def _prepare(args) -> tuple[list[str], list[str], bool] | int:
     return collect(args.paths, args.recursive)
 
 
-def run_inspect(args) -> int:
+def _map_files(args, action) -> tuple[list, list[str]] | int:
+    """Run ``action(path)`` over every collected file with a progress bar; (results, errors) or an exit code."""
     prepared = _prepare(args)
     if isinstance(prepared, int):
         return prepared
@@ -80,8 +81,16 @@ def run_inspect(args) -> int:
     results = []
     with ProgressBar(len(files), scanned and progress_wanted(args.progress)) as bar:
         for path in files:
-            results.append(inspect_checkpoint(path, args.override))
+            results.append(action(path))
             bar.step(os.path.basename(path))
+    return results, errors
+
+
+def run_inspect(args) -> int:
+    mapped = _map_files(args, lambda path: inspect_checkpoint(path, args.override))
+    if isinstance(mapped, int):
+        return mapped
+    results, errors = mapped
     if args.json:
         print(json.dumps({"results": [r.to_dict() for r in results], "errors": errors}, indent=1))
     else:
@@ -111,16 +120,11 @@ def _print_table(results: list[InspectionResult]) -> None:
 
 
 def run_write_yaml(args) -> int:
-    prepared = _prepare(args)
-    if isinstance(prepared, int):
-        return prepared
-    files, errors, scanned = prepared
-    outcomes = []
-    with ProgressBar(len(files), scanned and progress_wanted(args.progress)) as bar:
-        for path in files:
-            outcomes.append(write_yaml_for_checkpoint(path, force=args.force, dry_run=args.dry_run,
-                                                      only_vpred=args.only_vpred, override_path=args.override))
-            bar.step(os.path.basename(path))
+    mapped = _map_files(args, lambda path: write_yaml_for_checkpoint(
+        path, force=args.force, dry_run=args.dry_run, only_vpred=args.only_vpred, override_path=args.override))
+    if isinstance(mapped, int):
+        return mapped
+    outcomes, errors = mapped
     if args.json:
         print(json.dumps({"outcomes": [o.to_dict() for o in outcomes], "errors": errors}, indent=1))
     else:

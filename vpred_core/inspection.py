@@ -27,6 +27,7 @@ from .inspect_sources import (
     claims_from_yaml,
     load_override,
 )
+from .pickle_listing import PickleListingError, list_torch_checkpoint
 from .safetensors_header import HeaderError, read_header
 from .schedules import NUM_TRAIN_TIMESTEPS, SD_LINEAR_END, SD_LINEAR_START
 from .yaml_record import sidecar_yaml_path
@@ -39,6 +40,7 @@ CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 STATUS_OK, STATUS_UNSUPPORTED, STATUS_ERROR = "ok", "unsupported", "error"
 PREDICTION_UNKNOWN = "unknown"
 STATED_PREDICTIONS = ("v", "eps")
+PICKLE_LISTING_FORMAT = "torch zip (listed from the pickle opcodes, never unpickled)"
 DEFAULT_BETA_SCHEDULE = "scaled_linear"
 FLOAT_REL_TOL = 1e-9
 # Families whose weights say nothing about the prediction type: no default is guessed for them.
@@ -113,20 +115,13 @@ def inspect_checkpoint(
     path = os.fspath(path)
     override = load_override(override_path) if override_path is not None else []
     result = InspectionResult(path)
-    lowered = path.lower()
-    if lowered.endswith(PICKLE_SUFFIXES):
-        result.status, result.file_format = STATUS_UNSUPPORTED, "pickle"
-        result.error = "pickle checkpoint: cannot inspect safely (it is never unpickled); convert it to safetensors"
+    tensors = _read_tensor_listing(path, result)
+    if tensors is None:
         return result
-    try:
-        header = read_header(path)
-    except HeaderError as exc:
-        result.status, result.error = STATUS_ERROR, str(exc)
-        return result
-    result.tensor_count = len(header)
-    result.architecture = detect_architecture(header.shape, header.names)
-    claims = [*override, *claims_from_keys(header.__contains__)]
-    meta_claims, warnings = claims_from_metadata(header.metadata)
+    result.tensor_count = len(tensors)
+    result.architecture = detect_architecture(tensors.shape, tensors.names)
+    claims = [*override, *claims_from_keys(tensors.__contains__)]
+    meta_claims, warnings = claims_from_metadata(getattr(tensors, "metadata", {}))
     claims += meta_claims
     result.warnings += warnings
     yaml_path = sidecar_yaml_path(path)
@@ -139,6 +134,23 @@ def inspect_checkpoint(
     _resolve(result, claims)
     _sanity_warnings(result)
     return result
+
+
+def _read_tensor_listing(path: str, result: InspectionResult):
+    """Safetensors header, or a torch zip pickle listed without unpickling; None (status set) on failure."""
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        result.file_format = PICKLE_LISTING_FORMAT
+        try:
+            return list_torch_checkpoint(path)
+        except PickleListingError as exc:
+            result.status, result.file_format = STATUS_UNSUPPORTED, "pickle"
+            result.error = f"pickle checkpoint: cannot inspect safely ({exc.problem}); it is never unpickled"
+            return None
+    try:
+        return read_header(path)
+    except HeaderError as exc:
+        result.status, result.error = STATUS_ERROR, str(exc)
+        return None
 
 
 def _default_claims(arch: Architecture) -> list[Claim]:
