@@ -105,6 +105,7 @@ def test_unsupported_or_truncated_opcodes(payload):
     assert not callable(value)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pickletools warns on fuzzed STRING escapes
 def test_fuzzed_pickles_give_clear_errors(tmp_path):
     buffer = io.BytesIO()
     torch.save({"state_dict": state_dict("sd1", ("v_pred",))}, buffer)
