@@ -5,7 +5,8 @@ with it every patch) is dropped when the pass ends; nothing global is modified.
 - model sampling: reForge object patch ``model_sampling`` (a fresh ModelSamplingDiscrete + V_PREDICTION/EPS with
   the plan's sigmas, computed from scratch so a host ZTSNR is never applied twice); Forge object patch
   ``predictor`` (a copy of the host's predictor with the plan's sigmas and prediction type).
-- k-diffusion schedule: the pass's own sampler wrapper gets the same sigmas.
+- k-diffusion schedule: the pass's own sampler wrapper gets the same sigmas; a DDIM / PLMS / UniPC pass gets the
+  plan's ``alphas_cumprod`` on the model (``pass_alphas``, put back in postprocess).
 - CFG rescale: ``set_model_sampler_post_cfg_function`` (the A1111 cfg_denoised callback never fires there).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 
+from . import pass_alphas
 from .host import FORGE
 from .logic_cfg import post_cfg_rescale
 from .logic_sampling import SamplingPlan, plan_sigmas
@@ -45,7 +47,8 @@ def _forge_predictor(unet, plan: SamplingPlan, sigmas):
 
 
 def _host_abar(sd_model):
-    return getattr(sd_model, "alphas_cumprod_original", getattr(sd_model, "alphas_cumprod", None))
+    original = getattr(sd_model, "alphas_cumprod_original", None)
+    return original if original is not None else pass_alphas.host_alphas(sd_model)
 
 
 def _update_sampler_schedule(sampler, sigmas, predictor=None) -> None:
@@ -85,6 +88,8 @@ def patch_unet(p, host: str, plan: SamplingPlan | None, settings) -> None:
         else:
             unet.add_object_patch("model_sampling", _reforge_model_sampling(unet, plan, sigmas))
             _update_sampler_schedule(getattr(p, "sampler", None), sigmas)
+        if pass_alphas.is_timestep_sampler(getattr(p, "sampler", None)):
+            pass_alphas.install(p, sigmas)
     if settings.cfg_rescale.enabled:
         unet.set_model_sampler_post_cfg_function(make_post_cfg(settings.cfg_rescale, pass_cfg_scale(p)))
     p.sd_model.forge_objects.unet = unet

@@ -6,7 +6,7 @@ import logging
 
 from modules import scripts, shared
 
-from . import a1111_callbacks, a1111_model, a1111_timesteps, model_files, ui
+from . import a1111_callbacks, a1111_model, a1111_timesteps, model_files, pass_alphas, ui
 from .host import A1111, detect_host, host_global_ztsnr
 from .logic_sampling import (
     host_schedule_setting_to_force,
@@ -66,6 +66,8 @@ def cleanup(p) -> None:
         p.sampler_noise_scheduler_override = None
     if state.host == A1111:
         a1111_model.restore_model(p.sd_model)
+    else:
+        pass_alphas.restore(p.sd_model)
     set_state(p, None)
 
 
@@ -76,6 +78,8 @@ def repair_leftovers(p) -> None:
     a1111_timesteps.uninstall()
     if detect_host(p.sd_model) == A1111:
         a1111_model.restore_model(p.sd_model)
+    else:
+        pass_alphas.restore(p.sd_model)
 
 
 class VPredScript(scripts.Script):

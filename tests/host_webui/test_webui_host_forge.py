@@ -14,7 +14,7 @@ import types
 
 import pytest
 import torch
-from webui_host_env import WEBUI_PATH, host_import
+from webui_host_env import WEBUI_PATH, host_import, initialize_forge_backend
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 
@@ -36,6 +36,7 @@ def forge():
     """Forge backend modules (skips on A1111 / reForge)."""
     if host_import("importlib.util").find_spec("backend") is None:
         pytest.skip("not a Forge tree (no backend package)")
+    initialize_forge_backend()  # as webui.py: --always-cpu, packages_3rdparty (gguf) on sys.path
     return types.SimpleNamespace(
         k_prediction=host_import("backend.modules.k_prediction"), k_model=host_import("backend.modules.k_model"),
         unet=host_import("backend.patcher.unet"), engine=host_import("backend.diffusion_engine.base"),

@@ -30,7 +30,7 @@ def host_import(name: str):
         pytest.skip(f"{name} not importable without launching the webui: {type(exc).__name__}: {exc}")
 
 
-def _initialize_forge() -> None:
+def initialize_forge_backend() -> None:
     """reForge / Forge: ``webui.py`` parses the backend arguments (``--always-cpu``) before anything else."""
     if not is_forge_family():
         return
@@ -49,7 +49,7 @@ def initialized_shared():
     """``modules.shared`` with ``opts`` / ``state`` set up as ``webui.py`` does: A1111 ``shared_init``; reForge /
     Forge ``initialize_forge()`` then ``initialize.imports()`` (imported in any other order, their ``sd_models``
     hits a circular import through ``sd_samplers_common``)."""
-    _initialize_forge()
+    initialize_forge_backend()
     shared = host_import("modules.shared")
     if getattr(shared, "opts", None) is None:
         if is_forge_family():
