@@ -14,6 +14,7 @@ from .logic_uncond import rows_to_zero, zero_uncond_rows
 
 logger = logging.getLogger(__name__)
 CALLBACK_LIST_KEYS = ("callbacks_cfg_denoiser", "callbacks_cfg_denoised")
+CFG_SCALE_MULTIPLIER = "cond_scale_miltiplier"  # (sic) set on CFGDenoiser by A1111 1.10 DDIM CFG++
 
 
 def current_negatives(p) -> list[str]:
@@ -72,7 +73,8 @@ class RequestCallbacks:
         conds_list, _ = prompt_parser.reconstruct_multicond_batch(extra["cond"], denoiser.step)
         if not layout_matches(x_out, conds_list) or x_in.shape[0] != x_out.shape[0]:
             return None
-        scale = float(extra.get("cond_scale", self.p.cfg_scale))
+        # A1111 1.10 "DDIM CFG++" combines with cond_scale * cond_scale_miltiplier (sic, the host's name)
+        scale = float(extra.get("cond_scale", self.p.cfg_scale)) * float(getattr(denoiser, CFG_SCALE_MULTIPLIER, 1.0))
         cfg = self.settings.cfg_rescale
         alphas = getattr(denoiser, "alphas", None)
         if alphas is not None:

@@ -8,29 +8,14 @@ from modules import scripts, shared
 
 from . import a1111_callbacks, a1111_model, a1111_timesteps, model_files, pass_alphas, ui
 from .host import A1111, detect_host, host_global_ztsnr
-from .logic_sampling import (
-    host_schedule_setting_to_force,
-    resolve_plan,
-    scheduler_needs_trailing_override,
-    trailing_sigmas,
-    wants_trailing,
-)
+from .logic_sampling import host_schedule_setting_to_force, resolve_plan
 from .logic_ui import XYZ_ATTR, args_to_request, defaults_from_options, infotext_for
 from .logic_uncond import rewrite_negatives
 from .options import get_option
 from .state import RequestState, get_state, set_state
+from .trailing_override import TrailingSigmas, hires_scheduler, set_trailing_override
 
 logger = logging.getLogger(__name__)
-
-
-class TrailingSigmas:
-    """``p.sampler_noise_scheduler_override`` for schedulers that do not start at sigma_max."""
-
-    def __init__(self, p):
-        self.p = p
-
-    def __call__(self, steps):
-        return trailing_sigmas(self.p.sampler.model_wrap.sigmas.cpu(), steps)
 
 
 def compute_plan(p, state: RequestState):
@@ -131,22 +116,24 @@ class VPredScript(scripts.Script):
 
     @staticmethod
     def _setup_trailing(p, state: RequestState) -> None:
-        spacing = state.settings.sampling.spacing
-        if spacing != "host":
+        if state.settings.sampling.spacing != "host":
             state.timesteps_patched = a1111_timesteps.install()
-        scheduler = getattr(p, "scheduler", None)
-        if wants_trailing(spacing) and scheduler_needs_trailing_override(scheduler):
-            if p.sampler_noise_scheduler_override is None:
-                p.sampler_noise_scheduler_override = TrailingSigmas(p)
+        set_trailing_override(p, state, getattr(p, "scheduler", None))
 
     def process_batch(self, p, *args, **kwargs):
         state = get_state(p)
-        if state is not None and state.host == A1111:
+        if state is None:
+            return
+        set_trailing_override(p, state, getattr(p, "scheduler", None))  # first pass of this batch
+        if state.host == A1111:
             ensure_a1111_model(p, state)  # the model may have been reloaded (refiner / hires checkpoint)
 
     def before_hr(self, p, *args):
         state = get_state(p)
-        if state is not None and state.host == A1111 and ensure_a1111_model(p, state):
+        if state is None:
+            return
+        set_trailing_override(p, state, hires_scheduler(p))
+        if state.host == A1111 and ensure_a1111_model(p, state):
             a1111_model.refresh_sampler(p.sampler, p.sd_model)
 
     def process_before_every_sampling(self, p, *args, **kwargs):

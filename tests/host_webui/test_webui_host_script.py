@@ -76,6 +76,7 @@ class _P:
         self.negative_prompts = self.all_negative_prompts = [""]
         self.cfg_scale = 7.0
         self.steps = STEPS
+        self.is_hr_pass, self.scheduler, self.hr_scheduler = False, "Automatic", None  # A1111 1.9+ get_sigmas
 
 
 def _host_schedule(p, sampler_name):

@@ -91,6 +91,7 @@ def tiny_ldm_model(tmp_path, name: str = "tiny_v", markers=("v_pred", "ztsnr")):
     model = ldm_util.instantiate_from_config(config.model)
     model.alphas_cumprod_original = model.alphas_cumprod
     model.is_sdxl, model.is_sd2, model.is_sd1, model.is_ssd = False, False, True, False  # set by load_model
+    model.is_sd3 = model.is_sdxl_inpaint = False  # A1111 1.9+ load_model
     model.sd_checkpoint_info = types.SimpleNamespace(filename=checkpoint)
     sd_models.model_data.set_sd_model(model)
     return model
