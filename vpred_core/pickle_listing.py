@@ -14,6 +14,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 
+from .file_errors import CheckpointFileError
 from .pickle_stack import PickleStackError, TensorStub, evaluate
 
 MAX_PICKLE_BYTES = 64 * 2**20  # an SDXL state-dict pickle is ~0.5 MB; refuse anything absurd before reading it
@@ -21,13 +22,8 @@ PICKLE_MEMBER_SUFFIX = "data.pkl"
 STATE_DICT_KEYS = ("state_dict", "model", "module")
 
 
-class PickleListingError(ValueError):
+class PickleListingError(CheckpointFileError):
     """A pickle checkpoint that cannot be listed safely (legacy format, malformed, unsupported opcodes)."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass(frozen=True)

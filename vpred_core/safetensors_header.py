@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 from operator import gt, itemgetter
 
+from .file_errors import CheckpointFileError
+
 LENGTH_PREFIX_BYTES = 8
 LENGTH_PREFIX_FORMAT = "<Q"
 # The safetensors reference implementation refuses headers above 100 MB; so do we.
@@ -41,13 +43,8 @@ KNOWN_DTYPES = frozenset(
 )
 
 
-class HeaderError(ValueError):
+class HeaderError(CheckpointFileError):
     """A safetensors header is missing, truncated, oversized or malformed."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass(frozen=True)
