@@ -6,11 +6,12 @@ import functools
 import logging
 import os
 
+from vpred_core.yaml_record import sidecar_yaml_path
+
 from .logic_sampling import Detected, detected_from_inspection
 
 logger = logging.getLogger(__name__)
 INSPECTION_CACHE_SIZE = 64
-YAML_SUFFIX = ".yaml"
 
 
 @functools.lru_cache(maxsize=INSPECTION_CACHE_SIZE)
@@ -36,15 +37,10 @@ def detect(path: str | None) -> Detected:
     return detected_from_inspection(inspect_path(path))
 
 
-def yaml_path_for(checkpoint: str) -> str:
-    """``<checkpoint minus extension>.yaml``, where the webuis look for a model config."""
-    return os.path.splitext(checkpoint)[0] + YAML_SUFFIX
-
-
 def should_write_yaml(checkpoint: str, result) -> bool:
     """True for a checkpoint detected as v-pred that has no YAML beside it."""
     return result is not None and getattr(result, "prediction", None) == "v" and not os.path.exists(
-        yaml_path_for(checkpoint)
+        sidecar_yaml_path(checkpoint)
     )
 
 

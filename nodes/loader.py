@@ -19,15 +19,9 @@ CHECKPOINTS_FOLDER = "checkpoints"
 EMBEDDINGS_FOLDER = "embeddings"
 
 
-def found_fields(inspection) -> dict:
-    """{field: value} of every model-sampling field the file itself states (defaults left out; see
-    ``InspectionResult.stated_fields``)."""
-    return inspection.stated_fields()
-
-
 def merge_detection(inspection, host: Detected) -> Detected:
     """Inspection results where the file states them, ComfyUI's detection otherwise."""
-    return replace(host, **found_fields(inspection), source=f"{INSPECTION_SOURCE} + {host.source}",
+    return replace(host, **inspection.stated_fields(), source=f"{INSPECTION_SOURCE} + {host.source}",
                    notes=tuple(getattr(inspection, "warnings", ()) or ()))
 
 
@@ -36,7 +30,7 @@ def auto_configure(model, inspection):
     host = host_detected(model)
     if host.prediction is None:
         return model, "not applied: the model is not a discrete eps/v model; kept ComfyUI's sampling"
-    if not found_fields(inspection):
+    if not inspection.stated_fields():
         return model, "nothing detected in the file; kept ComfyUI's own detection (" + describe_host(host) + ")"
     detected = merge_detection(inspection, host)
     model = model.clone()
@@ -57,7 +51,7 @@ def describe_host(host: Detected) -> str:
 def inspection_json(inspection) -> str:
     """The inspection's own JSON (pretty), or a note when it has none."""
     try:
-        return json.dumps(json.loads(inspection.to_json()), indent=2, sort_keys=True)
+        return json.dumps(inspection.to_dict(), indent=2, sort_keys=True)
     except (AttributeError, TypeError, ValueError):
         return "{}"
 
@@ -65,8 +59,8 @@ def inspection_json(inspection) -> str:
 def build_report(ckpt_name: str, inspection, summary: str) -> str:
     """Text report: what was detected, from where, and what was applied."""
     lines = [f"checkpoint: {ckpt_name}", f"model sampling {summary}"]
-    found = found_fields(inspection)
-    lines += [f"{name}: {value} (from {source_text(inspection, name)})" for name, value in found.items()]
+    stated = inspection.stated_fields()
+    lines += [f"{name}: {value} (from {source_text(inspection, name)})" for name, value in stated.items()]
     if getattr(inspection, "error", None):
         lines.append(f"inspection error: {inspection.error}")
     lines += [f"warning: {w}" for w in getattr(inspection, "warnings", ()) or ()]

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from a1111_extension import logic_sampling, model_files
+from vpred_core.yaml_record import sidecar_yaml_path
 
 ckpt_factory = pytest.importorskip("ckpt_factory")
 FAMILY = "sd1"
@@ -17,7 +18,7 @@ def test_write_once_and_detect(tmp_path):
     detected = model_files.detect(path)
     assert detected.prediction == "v" and detected.ztsnr is True
     written = model_files.write_yaml_if_needed(path)
-    assert written == model_files.yaml_path_for(path) and os.path.isfile(written)
+    assert written == sidecar_yaml_path(path) and os.path.isfile(written)
     with open(written, encoding="utf8") as handle:
         config = yaml.safe_load(handle)
     assert config["model"]["params"]["parameterization"] == "v"
