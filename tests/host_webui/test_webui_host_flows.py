@@ -13,21 +13,26 @@ import importlib.util
 
 import pytest
 import torch
-from webui_host_env import WEBUI_PATH, host_import, is_forge_family, load_vpred_script, tiny_ldm_model
+from webui_host_env import (
+    FORCED_ZTSNR_ARGS,
+    PHI,
+    SIGMA_MAX_RTOL,
+    WEBUI_PATH,
+    ZTSNR_SIGMA_MAX,
+    host_import,
+    is_forge_family,
+    load_vpred_script,
+    tiny_ldm_model,
+)
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 
 STEPS = 20
 SIZE = 64
 TRAIN_TIMESTEPS = 1000
-ZTSNR_SIGMA_MAX = 4518.76
-SIGMA_MAX_RTOL = 1e-3
 ZTSNR_TERMINAL_ABAR_MAX = 1e-6  # the host clamp is 4.9e-8; the default schedule ends at 4.7e-3
 FULL_DENOISE = 1.0
 HR_SCALE = 2.0
-# enabled, prediction, ztsnr, beta_end, trailing, phi, space, sigma_high, sigma_low, uncond
-ENABLED_ARGS = (True, "auto", "auto", 0, True, 0.7, "v", 0, 0, "zero")
-FORCED_ZTSNR_ARGS = (True, "auto", "on", 0, True, 0.7, "v", 0, 0, "zero")
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +276,6 @@ def test_another_extension_override_is_kept(loaded_script, tmp_path):
 CFGPP_SAMPLER = "DDIM CFG++"
 CFGPP_DIVISOR = 12.5
 CFG_SCALE = 7.0
-PHI = 0.7
 # enabled, prediction, ztsnr, beta_end, trailing, phi, space, sigma_high, sigma_low, uncond
 RESCALE_ONLY_ARGS = (True, "auto", "off", 0, False, PHI, "v", 0, 0, "host_default")
 

@@ -14,16 +14,21 @@ import types
 
 import pytest
 import torch
-from webui_host_env import WEBUI_PATH, host_import, initialize_forge_backend
+from webui_host_env import (
+    ENABLED_ARGS,
+    HOST_SIGMA_MAX,
+    PHI,
+    SIGMA_MAX_RTOL,
+    WEBUI_PATH,
+    ZTSNR_SIGMA_MAX,
+    host_import,
+    initialize_forge_backend,
+)
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 
-ZTSNR_SIGMA_MAX = 4518.76
-HOST_SIGMA_MAX = 14.6146
-SIGMA_MAX_RTOL = 1e-3
 CFG_SCALE = 7.0
 HR_CFG = 3.0
-PHI = 0.7
 CFG_ATOL = 1e-5
 SEED = 1234
 CONTEXT_DIM = 8
@@ -87,8 +92,6 @@ def _plan_and_settings(args):
     return plan, request.settings
 
 
-# enabled, prediction, ztsnr, beta_end, trailing, phi, space, sigma_high, sigma_low, uncond
-ARGS = (True, "auto", "auto", 0, True, PHI, "v", 0, 0, "zero")
 
 
 def test_detected_as_forge(forge):
@@ -104,7 +107,7 @@ def test_predictor_patch_on_a_clone(forge):
     unet = _forge_unet(forge)
     host_predictor, host_sigmas = unet.model.predictor, unet.model.predictor.sigmas.clone()
     p = _processing(forge, unet)
-    plan, settings = _plan_and_settings(ARGS)
+    plan, settings = _plan_and_settings(ENABLED_ARGS)
     patch_unet(p, FORGE, plan, settings)
     patched = p.sd_model.forge_objects.unet
     assert patched is not unet and "predictor" in patched.object_patches
@@ -135,7 +138,7 @@ def test_post_cfg_through_forge_sampling_function(forge, hr_pass):
     p = _processing(forge, unet)
     p.is_hr_pass = hr_pass
     scale = HR_CFG if hr_pass else CFG_SCALE
-    plan, settings = _plan_and_settings(ARGS)
+    plan, settings = _plan_and_settings(ENABLED_ARGS)
     patch_unet(p, FORGE, plan, settings)
     patched = p.sd_model.forge_objects.unet
     cond, uncond = _conds(forge)
@@ -167,7 +170,7 @@ def test_host_ztsnr_is_not_applied_twice(forge):
     host_predictor = unet.model.predictor
     host_predictor.set_sigmas(forge.k_prediction.rescale_zero_terminal_snr_sigmas(host_predictor.sigmas))
     p = _processing(forge, unet)
-    plan, settings = _plan_and_settings(ARGS)
+    plan, settings = _plan_and_settings(ENABLED_ARGS)
     patch_unet(p, FORGE, plan, settings)
     predictor = p.sd_model.forge_objects.unet.get_model_object("predictor")
     torch.testing.assert_close(predictor.sigmas, host_predictor.sigmas, rtol=1e-4, atol=1e-5)

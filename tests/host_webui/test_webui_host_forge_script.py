@@ -14,22 +14,24 @@ import types
 import pytest
 import torch
 from test_webui_host_forge import _forge_unet, forge  # noqa: F401 - module fixture
-from webui_host_env import WEBUI_PATH, host_import, load_vpred_script
+from webui_host_env import (
+    FORCED_ZTSNR_ARGS,
+    HOST_SIGMA_MAX,
+    SIGMA_MAX_RTOL,
+    WEBUI_PATH,
+    ZTSNR_SIGMA_MAX,
+    host_import,
+    load_vpred_script,
+)
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 ckpt_factory = pytest.importorskip("ckpt_factory")
 
 STEPS = 20
 CFG_SCALE = 7.0
-PHI = 0.7
-ZTSNR_SIGMA_MAX = 4518.76
-HOST_SIGMA_MAX = 14.6146
-SIGMA_MAX_RTOL = 1e-3
 LAST_T = 999
 HOST_LAST_T = 951
 LATENT_SHAPE = (1, 4, 8, 8)
-# enabled, prediction, ztsnr, beta_end, trailing, phi, space, sigma_high, sigma_low, uncond
-FORCED_ZTSNR_ARGS = (True, "auto", "on", 0, True, PHI, "v", 0, 0, "zero")
 DISABLED_ARGS = (False, *FORCED_ZTSNR_ARGS[1:])
 
 

@@ -14,17 +14,24 @@ import types
 
 import pytest
 import torch
-from webui_host_env import WEBUI_PATH, host_import, is_forge_family, load_vpred_script
+from webui_host_env import (
+    ENABLED_ARGS,
+    FORCED_ZTSNR_ARGS,
+    HOST_SIGMA_MAX,
+    PHI,
+    SIGMA_MAX_RTOL,
+    WEBUI_PATH,
+    ZTSNR_SIGMA_MAX,
+    host_import,
+    is_forge_family,
+    load_vpred_script,
+)
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 ckpt_factory = pytest.importorskip("ckpt_factory")
 
 STEPS = 20
 CFG_SCALE = 7.0
-PHI = 0.7
-ZTSNR_SIGMA_MAX = 4518.76
-HOST_SIGMA_MAX = 14.6146
-SIGMA_MAX_RTOL = 1e-3
 SIGMAS_RTOL = 1e-4
 CFG_ATOL = 1e-5
 SEED = 1234
@@ -32,11 +39,8 @@ INIT_STD = 0.02
 TINY_CONTEXT = 32
 TOKENS = 77
 LATENT_SHAPE = (1, 4, 8, 8)
-# enabled, prediction, ztsnr, beta_end, trailing, phi, space, sigma_high, sigma_low, uncond
-AUTO_ARGS = (True, "auto", "auto", 0, True, PHI, "v", 0, 0, "zero")
-FORCED_ZTSNR_ARGS = (True, "auto", "on", 0, True, PHI, "v", 0, 0, "zero")
 EXPLICIT_BETAS_ARGS = (True, "auto", "auto", 0.012, True, PHI, "v", 0, 0, "zero")
-DISABLED_ARGS = (False, *AUTO_ARGS[1:])
+DISABLED_ARGS = (False, *ENABLED_ARGS[1:])
 TINY_UNET = {
     "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
     "num_res_blocks": [1], "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
@@ -173,7 +177,7 @@ def test_host_ztsnr_is_not_applied_twice(reforge, tmp_path):
 
     sd_model = _forge_loaded_model(reforge, tmp_path)
     unet = sd_model.forge_objects.unet
-    for args in (AUTO_ARGS, EXPLICIT_BETAS_ARGS):
+    for args in (ENABLED_ARGS, EXPLICIT_BETAS_ARGS):
         script, p = reforge.data.script_class(), _P(sd_model)
         _start(script, p, args)
         _host_ztsnr_step(reforge, p)

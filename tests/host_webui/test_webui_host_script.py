@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from webui_host_env import (
+    ENABLED_ARGS,
     EXTENSION_DIRNAME,
+    SIGMA_MAX_RTOL,
     WEBUI_PATH,
+    ZTSNR_SIGMA_MAX,
     host_import,
     is_forge_family,
     load_vpred_script,
@@ -19,10 +22,6 @@ ckpt_factory = pytest.importorskip("ckpt_factory")
 
 STEPS = 20
 TRAIN_TIMESTEPS = 1000
-SIGMA_MAX_RTOL = 1e-3
-ZTSNR_SIGMA_MAX = 4518.76
-# enabled, prediction, ztsnr, beta_end, trailing, phi, space, sigma_high, sigma_low, uncond
-ENABLED_ARGS = (True, "auto", "auto", 0, True, 0.7, "v", 0, 0, "zero")
 DISABLED_ARGS = (False, *ENABLED_ARGS[1:])
 
 

@@ -13,6 +13,14 @@ import pytest
 WEBUI_PATH = os.environ.get("WEBUI_PATH")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXTENSION_DIRNAME = "vpred-ztsnr-toolkit"
+# Shared by the host tests: the ZTSNR / SD sigma_max the hosts report, and the accordion's argument tuples.
+ZTSNR_SIGMA_MAX = 4518.76
+HOST_SIGMA_MAX = 14.6146
+SIGMA_MAX_RTOL = 1e-3
+PHI = 0.7
+# enabled, prediction, ztsnr, beta_end, trailing, phi, space, sigma_high, sigma_low, uncond
+ENABLED_ARGS = (True, "auto", "auto", 0, True, PHI, "v", 0, 0, "zero")
+FORCED_ZTSNR_ARGS = (True, "auto", "on", 0, True, PHI, "v", 0, 0, "zero")
 CPU_ARGS = [
     "--skip-torch-cuda-test", "--use-cpu", "all", "--no-half", "--no-download-sd-model", "--skip-install",
     "--always-cpu",  # reForge / Forge backend
