@@ -68,10 +68,9 @@ def antithetic_noise(n: int, shape, seed: int) -> torch.Tensor:
 def sample_case(case: DemoCase, noise: torch.Tensor, steps: int, sampler, class_index: int = BRIGHT_CLASS,
                 dtype: torch.dtype | None = None, first_step: str = "auto"):
     """Sample the oracle (model dtype ``dtype``, default float32) for one case with a k-diffusion sampler."""
-    spec = ScheduleSpec(ztsnr=case.ztsnr, terminal=case.terminal)
-    model = OracleModel(spec.alphas_cumprod(), case.prediction, shape=tuple(noise.shape[1:]),
-                        dtype=dtype or torch.float32)
-    denoiser = DiscreteDenoiser(model, spec.alphas_cumprod(), case.prediction)
+    alphas_cumprod = ScheduleSpec(ztsnr=case.ztsnr, terminal=case.terminal).alphas_cumprod()
+    model = OracleModel(alphas_cumprod, case.prediction, shape=tuple(noise.shape[1:]), dtype=dtype or torch.float32)
+    denoiser = DiscreteDenoiser(model, alphas_cumprod, case.prediction)
     batch = noise.shape[0]
     guided = GuidedDenoiser(denoiser, {"cond": torch.full((batch,), class_index)},
                             {"cond": torch.full((batch,), UNCONDITIONAL)}, case.cond_scale, case.phi)

@@ -58,14 +58,13 @@ class DiscreteDenoiser(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:
         """x0 estimate for VE ``x`` at per-sample ``sigma`` (shape (B,) or scalar)."""
-        sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
+        sigma64 = torch.as_tensor(sigma, device=x.device).expand(x.shape[0]).to(SCHEDULE_DTYPE)
         out_dtype = torch.promote_types(x.dtype, MIN_OUTPUT_DTYPE)
-        _, _, c_in = kdiffusion_scalings(sigma.to(SCHEDULE_DTYPE), self.prediction)
-        model_in = (x.to(out_dtype) * append_dims(c_in, x.ndim).to(out_dtype)).to(self.model_dtype(x))
-        t = self.sigma_to_t(sigma.to(SCHEDULE_DTYPE))
-        output = self.inner_model(model_in, t, **kwargs).to(out_dtype)
-        denoised = denoised_from_model_output(x.to(out_dtype), sigma.to(SCHEDULE_DTYPE), output, self.prediction)
-        return denoised.to(out_dtype)
+        x_out = x.to(out_dtype)
+        _, _, c_in = kdiffusion_scalings(sigma64, self.prediction)
+        model_in = (x_out * append_dims(c_in, x.ndim).to(out_dtype)).to(self.model_dtype(x))
+        output = self.inner_model(model_in, self.sigma_to_t(sigma64), **kwargs).to(out_dtype)
+        return denoised_from_model_output(x_out, sigma64, output, self.prediction).to(out_dtype)
 
     def terminal_denoised(self, z: torch.Tensor, **kwargs) -> torch.Tensor:
         """x0 at exact SNR 0 from the VP sample z (unit-variance noise): x0 = -v(z, T) (Lin et al. 2023 sec. 3.2)."""

@@ -22,18 +22,6 @@ class GuidedDenoiser(torch.nn.Module):
         self.cond, self.uncond = cond, uncond
         self.cond_scale, self.phi, self.space, self.window = cond_scale, phi, space, window
 
-    @property
-    def inner_model(self):
-        return self.inner.inner_model
-
-    @property
-    def sigmas(self):
-        return self.inner.sigmas
-
-    @property
-    def prediction(self):
-        return self.inner.prediction
-
     def guide(self, x: torch.Tensor, sigma: torch.Tensor, denoise, **kwargs) -> torch.Tensor:
         cond_x0 = denoise(x, **self.cond, **kwargs)
         uncond_x0 = None if self.cond_scale == 1.0 else denoise(x, **self.uncond, **kwargs)
