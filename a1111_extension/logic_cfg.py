@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from vpred_core.cfg import rescale_cfg_denoised, stats_dtype
+from vpred_core.prediction import append_dims, eps_from_x0, x0_from_eps
 from vpred_core.settings import CfgRescaleSettings
 
 MIN_WEIGHT_SUM = 1e-8
@@ -64,21 +65,20 @@ def _apply_deltas(x_out, conds_list, diff, cond_scale: float, sums) -> torch.Ten
 
 
 def _vp_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, ndim: int):
+    """(alpha, s) = (sqrt(abar), sqrt(1 - abar)) shaped for broadcasting, and sigma = sqrt((1 - abar) / abar)."""
     abar = alphas_cumprod.to(timesteps.device)[timesteps.long()].to(stats_dtype(timesteps.device))
-    shape = (-1,) + (1,) * (ndim - 1)
-    return abar.sqrt().view(shape), (1.0 - abar).sqrt().view(shape), abar
+    alpha, s = abar.sqrt(), (1.0 - abar).sqrt()
+    return append_dims(alpha, ndim), append_dims(s, ndim), ((1.0 - abar) / abar).sqrt()
 
 
 def rescale_eps_outputs(x_in, t_in, x_out, conds_list, cond_scale, settings, alphas_cumprod):
     """New x_out (DDIM/PLMS/UniPC, eps outputs at integer timesteps) with the rescale done on x0 in VE terms."""
-    alpha, s, abar = _vp_coefficients(alphas_cumprod, t_in, x_in.ndim)
+    alpha, s, sigma = _vp_coefficients(alphas_cumprod, t_in, x_in.ndim)
     wide = stats_dtype(x_in.device)  # float64, float32 where the device has none (MPS)
     x_t = x_in.to(wide)
-    x0_out = ((x_t - s * x_out.to(wide)) / alpha)
-    sigma = ((1.0 - abar) / abar).sqrt()
-    x_ve = x_t / alpha
-    new_x0 = rescale_x0_outputs(x_ve, sigma, x0_out, conds_list, cond_scale, settings)
-    return ((x_t - alpha * new_x0) / s).to(x_out.dtype)
+    x0_out = x0_from_eps(x_t, x_out.to(wide), alpha, s)
+    new_x0 = rescale_x0_outputs(x_t / alpha, sigma, x0_out, conds_list, cond_scale, settings)
+    return eps_from_x0(x_t, new_x0, alpha, s).to(x_out.dtype)
 
 
 def post_cfg_rescale(args: dict, settings: CfgRescaleSettings, fallback_scale: float) -> torch.Tensor:
