@@ -1,4 +1,4 @@
-"""Host-free CFG rescale for the webui's two CFG layouts, built on vpred_core.cfg.rescale_cfg_denoised.
+"""Host-free CFG rescale for the webui's two CFG layouts, built on vpred_core.sampling.cfg.rescale_cfg_denoised.
 
 A1111 ``CFGDenoiser`` (cfg_denoised callback): ``x_out`` = [cond outputs..., uncond outputs (B)], the images'
 conds given by ``conds_list`` [[(index, weight), ...] per image]; ``combine_denoised`` later forms
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from vpred_core.cfg import rescale_cfg_denoised, stats_dtype
-from vpred_core.prediction import append_dims, eps_from_x0, x0_from_eps
+from vpred_core.sampling.cfg import rescale_cfg_denoised, stats_dtype
+from vpred_core.sampling.prediction import append_dims, eps_from_x0, x0_from_eps
 from vpred_core.settings import CfgRescaleSettings
 
 MIN_WEIGHT_SUM = 1e-8

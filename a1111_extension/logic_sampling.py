@@ -6,11 +6,15 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from vpred_core.schedule_spec import ScheduleSpec
-from vpred_core.schedules import sigmas_from_alphas_cumprod
+from vpred_core.sampling.schedules import (
+    ScheduleSpec,
+    is_zero_terminal_snr,
+    rescale_zero_terminal_snr,
+    sigma_schedule,
+    sigmas_from_alphas_cumprod,
+    timesteps_for_spacing,
+)
 from vpred_core.settings import AUTO, ModelSamplingSettings
-from vpred_core.spacing import sigma_schedule, timesteps_for_spacing
-from vpred_core.ztsnr import is_zero_terminal_snr, rescale_zero_terminal_snr
 
 HOST_ZTSNR_LABEL = "Zero Terminal SNR"
 HOST_DEFAULT_SCHEDULE_LABEL = "Default"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from vpred_core.cfg import RESCALE_SPACE_IDS
+from vpred_core.sampling.cfg import RESCALE_SPACE_IDS
+from vpred_core.sampling.uncond import UNCOND_MODE_IDS
 from vpred_core.settings import (
     PREDICTION_SETTING_IDS,
     ZTSNR_SETTING_IDS,
@@ -18,7 +19,6 @@ from vpred_core.settings import (
     infotext_key,
     to_infotext,
 )
-from vpred_core.uncond import UNCOND_MODE_IDS
 
 OPTION_PREFIX = "vpred_"
 SETTINGS_SECTION = ("vpred_ztsnr", "V-Pred / ZTSNR")

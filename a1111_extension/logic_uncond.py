@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vpred_core.uncond import SDXL_POOLED_DIM, is_empty_negative, negative_text_for_mode, should_zero_uncond
+from vpred_core.sampling.uncond import SDXL_POOLED_DIM, is_empty_negative, negative_text_for_mode, should_zero_uncond
 
 CROSSATTN_KEY = "crossattn"
 VECTOR_KEY = "vector"

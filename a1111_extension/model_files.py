@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 
-from vpred_core.yaml_record import sidecar_yaml_path
+from vpred_core.checkpoints.inspection import sidecar_yaml_path
 
 from .logic_sampling import Detected, detected_from_inspection
 
@@ -16,7 +16,7 @@ INSPECTION_CACHE_SIZE = 64
 
 @functools.lru_cache(maxsize=INSPECTION_CACHE_SIZE)
 def _inspect_cached(path: str, size: int, mtime: float):
-    from vpred_core.inspection import inspect_checkpoint
+    from vpred_core.checkpoints.inspection import inspect_checkpoint
 
     return inspect_checkpoint(path)
 
@@ -49,7 +49,7 @@ def write_yaml_if_needed(checkpoint: str) -> str | None:
     result = inspect_path(checkpoint)
     if not should_write_yaml(checkpoint, result):
         return None
-    from vpred_core.yaml_gen import WRITTEN, write_yaml_for_checkpoint
+    from vpred_core.checkpoints.sidecar_yaml import WRITTEN, write_yaml_for_checkpoint
 
     try:
         outcome = write_yaml_for_checkpoint(checkpoint, result, force=False, only_vpred=True)

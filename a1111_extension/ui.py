@@ -6,9 +6,9 @@ import logging
 
 import gradio as gr
 
-from vpred_core.cfg import RESCALE_SPACE_IDS
+from vpred_core.sampling.cfg import RESCALE_SPACE_IDS
+from vpred_core.sampling.uncond import UNCOND_MODE_IDS
 from vpred_core.settings import PREDICTION_SETTING_IDS, ZTSNR_SETTING_IDS
-from vpred_core.uncond import UNCOND_MODE_IDS
 
 from . import yaml_auto
 from .logic_ui import ARG_NAMES, ui_values_from_infotext

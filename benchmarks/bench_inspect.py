@@ -24,9 +24,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from ckpt_factory import checkpoint_tensors, write_safetensors  # noqa: E402
 
-from vpred_core.inspect_progress import find_checkpoints  # noqa: E402
-from vpred_core.inspection import CHECKPOINT_SUFFIXES, inspect_checkpoint  # noqa: E402
-from vpred_core.yaml_gen import WRITTEN, write_yaml_for_checkpoint  # noqa: E402
+from vpred_core.checkpoints.inspection import CHECKPOINT_SUFFIXES, inspect_checkpoint  # noqa: E402
+from vpred_core.checkpoints.sidecar_yaml import WRITTEN, write_yaml_for_checkpoint  # noqa: E402
+from vpred_core.cli.main import find_checkpoints  # noqa: E402
 
 GIB = 2**30
 BIG_TARGET_BYTES = 2 * GIB + GIB // 4

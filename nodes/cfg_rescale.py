@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import math
 
-from ..vpred_core.cfg import DEFAULT_RESCALE_PHI, RESCALE_SPACE_IDS, SigmaWindow, rescale_cfg_denoised, validate_phi
+from ..vpred_core.sampling.cfg import (
+    DEFAULT_RESCALE_PHI,
+    RESCALE_SPACE_IDS,
+    SigmaWindow,
+    rescale_cfg_denoised,
+    validate_phi,
+)
 from .common import CATEGORY, PATCHED_MODEL_TOOLTIP, combo, display_name, float_input, model_input, node_id
 
 PHI_STEP = 0.01

@@ -7,7 +7,7 @@ import json
 import logging
 from dataclasses import replace
 
-from ..vpred_core.inspection import inspect_checkpoint
+from ..vpred_core.checkpoints.inspection import inspect_checkpoint
 from ..vpred_core.settings import AUTO, ModelSamplingSettings
 from .common import CATEGORY, DETECTED_SETTINGS_KEY, display_name, node_id
 from .model_sampling_glue import Detected, describe, host_detected, patch_model_sampling

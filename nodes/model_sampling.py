@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from ..vpred_core.schedules import BETA_SCHEDULE_IDS, NUM_TRAIN_TIMESTEPS, SD_LINEAR_END, SD_LINEAR_START
+from ..vpred_core.sampling.schedules import (
+    BETA_SCHEDULE_IDS,
+    NUM_TRAIN_TIMESTEPS,
+    SD_LINEAR_END,
+    SD_LINEAR_START,
+    TERMINAL_IDS,
+)
 from ..vpred_core.settings import AUTO, PREDICTION_SETTING_IDS, ZTSNR_SETTING_IDS, ModelSamplingSettings
-from ..vpred_core.ztsnr import TERMINAL_IDS
 from .common import (
     BETA_ROUND,
     BETA_STEP,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..vpred_core.schedule_spec import ScheduleSpec
+from ..vpred_core.sampling.schedules import ScheduleSpec
 from ..vpred_core.settings import ModelSamplingSettings
 from .common import DETECTED_SETTINGS_KEY
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..vpred_core.cfg import DEFAULT_RESCALE_PHI
+from ..vpred_core.sampling.cfg import DEFAULT_RESCALE_PHI
 from ..vpred_core.settings import AUTO
 from .cfg_rescale import PHI_STEP, make_post_cfg_function
 from .common import CATEGORY, PATCHED_MODEL_TOOLTIP, display_name, float_input, node_id

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..vpred_core.spacing import SPACING_IDS, sigma_schedule
+from ..vpred_core.sampling.schedules import SPACING_IDS, sigma_schedule
 from .common import CATEGORY, MAX_STEPS, combo, display_name, float_input, int_input, model_input, node_id
 
 logger = logging.getLogger(__name__)

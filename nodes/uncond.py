@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..vpred_core.uncond import (
+from ..vpred_core.sampling.uncond import (
     UNCOND_MODE_IDS,
     negative_text_for_mode,
     should_zero_uncond,

@@ -8,7 +8,7 @@ import pytest
 @functools.cache
 def kdiffusion():
     """(k_diffusion.sampling, k_diffusion.external), or skip when k-diffusion is not installed."""
-    from vpred_core.kdiffusion_compat import load_kdiffusion
+    from vpred_core.cli.kdiffusion import load_kdiffusion
 
     try:
         return load_kdiffusion()

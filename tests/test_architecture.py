@@ -3,8 +3,8 @@
 import pytest
 from ckpt_factory import FAMILIES, build_checkpoint, write_safetensors
 
-from vpred_core.architecture import FAMILY_TABLE, detect_architecture
-from vpred_core.safetensors_header import read_header
+from vpred_core.checkpoints.architecture import FAMILY_TABLE, detect_architecture
+from vpred_core.checkpoints.safetensors_header import read_header
 
 VARIANTS = {"base": "", "inpaint": "-inpaint", "instruct_pix2pix": "-instruct_pix2pix"}
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vpred_core.cfg import (
+from vpred_core.sampling.cfg import (
     SigmaWindow,
     cfg_combine,
     rescale_cfg_denoised,
@@ -14,7 +14,7 @@ from vpred_core.cfg import (
     std_over_non_batch,
     validate_phi,
 )
-from vpred_core.prediction import alpha_from_sigma, s_from_sigma
+from vpred_core.sampling.prediction import alpha_from_sigma, s_from_sigma
 
 HOST_SIGMA_MAX = 4518.7637
 TOLERANCE_AT_SIGMA_MAX = 1e-5  # issue 4: agreement with the float64 formula at sigma_max

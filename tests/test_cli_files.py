@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 from ckpt_factory import build_checkpoint
 
-from vpred_core.cli import main
-from vpred_core.commands_files import EXIT_ERRORS, EXIT_NOTHING_TO_DO, EXIT_OK
-from vpred_core.inspect_progress import ProgressBar, progress_wanted
+from vpred_core.cli.main import EXIT_ERRORS, EXIT_NOTHING_TO_DO, EXIT_OK, ProgressBar, main, progress_wanted
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -71,11 +71,10 @@ def test_every_input_has_a_tooltip_and_sane_range(pack_nodes):
 
 
 def test_mode_choices_are_the_core_ids(pack_nodes):
-    from vpred_core.cfg import RESCALE_SPACE_IDS
-    from vpred_core.schedules import BETA_SCHEDULE_IDS
+    from vpred_core.sampling.cfg import RESCALE_SPACE_IDS
+    from vpred_core.sampling.schedules import BETA_SCHEDULE_IDS, SPACING_IDS
+    from vpred_core.sampling.uncond import UNCOND_MODE_IDS
     from vpred_core.settings import PREDICTION_SETTING_IDS, ZTSNR_SETTING_IDS
-    from vpred_core.spacing import SPACING_IDS
-    from vpred_core.uncond import UNCOND_MODE_IDS
 
     ms = all_inputs(pack_nodes.ModelSampling)
     assert tuple(ms["prediction"][0]) == PREDICTION_SETTING_IDS
@@ -107,7 +106,7 @@ class FakeInner:
 
 
 def test_cfg_rescale_post_cfg_uses_core_on_denoised(pack_nodes):
-    from vpred_core.cfg import rescale_cfg_denoised
+    from vpred_core.sampling.cfg import rescale_cfg_denoised
 
     cfg_module = importlib.import_module(f"{PACK_NAME}.nodes.cfg_rescale")
     fn = cfg_module.make_post_cfg_function(0.7, "v")
@@ -160,7 +159,7 @@ def test_settings_from_inputs_and_schedule_resolution(pack_nodes):
 def test_loader_merges_only_stated_fields(pack_nodes, tmp_path):
     from safetensors.torch import save_file
 
-    from vpred_core.inspection import inspect_checkpoint
+    from vpred_core.checkpoints.inspection import inspect_checkpoint
 
     loader = importlib.import_module(f"{PACK_NAME}.nodes.loader")
     glue = importlib.import_module(f"{PACK_NAME}.nodes.model_sampling_glue")

@@ -5,9 +5,8 @@ import json
 import pytest
 from ckpt_factory import build_checkpoint, write_safetensors
 
-from vpred_core.inspect_sources import SOURCE_PRECEDENCE
-from vpred_core.inspection import inspect_checkpoint
-from vpred_core.schedules import SD_LINEAR_END, SD_LINEAR_START
+from vpred_core.checkpoints.inspection import SOURCE_PRECEDENCE, inspect_checkpoint
+from vpred_core.sampling.schedules import SD_LINEAR_END, SD_LINEAR_START
 
 
 def _ckpt(tmp_path, family="sdxl", name="m", **kwargs):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from vpred_core.oracle import BRIGHT_CLASS, OracleModel
-from vpred_core.prediction import alpha_from_sigma, s_from_sigma
-from vpred_core.schedule_spec import ScheduleSpec
+from vpred_core.cli.oracle import BRIGHT_CLASS, OracleModel
+from vpred_core.sampling.prediction import alpha_from_sigma, s_from_sigma
+from vpred_core.sampling.schedules import ScheduleSpec
 
 N = 256
 SHAPE = (4, 16, 16)

@@ -10,11 +10,10 @@ import pytest
 import torch
 from ckpt_factory import checkpoint_tensors
 
-from vpred_core import pickle_listing
-from vpred_core.inspection import inspect_checkpoint
-from vpred_core.pickle_listing import PickleListingError, list_torch_checkpoint
-from vpred_core.pickle_stack import PickleStackError, evaluate
-from vpred_core.yaml_gen import write_yaml_for_checkpoint
+from vpred_core.checkpoints import torch_pickle as pickle_listing
+from vpred_core.checkpoints.inspection import inspect_checkpoint
+from vpred_core.checkpoints.sidecar_yaml import write_yaml_for_checkpoint
+from vpred_core.checkpoints.torch_pickle import PickleListingError, PickleStackError, evaluate, list_torch_checkpoint
 
 FUZZ_CASES = 300
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from kd_support import kdiffusion
 
-from vpred_core.denoiser import DiscreteDenoiser
-from vpred_core.prediction import (
+from vpred_core.sampling.denoiser import DiscreteDenoiser
+from vpred_core.sampling.prediction import (
     alpha_from_sigma,
     denoised_from_model_output,
     eps_from_v,
@@ -18,7 +18,7 @@ from vpred_core.prediction import (
     x0_from_eps,
     x0_from_v,
 )
-from vpred_core.schedule_spec import ScheduleSpec
+from vpred_core.sampling.schedules import ScheduleSpec
 
 GEN = torch.Generator().manual_seed(1234)
 

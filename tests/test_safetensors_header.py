@@ -9,7 +9,7 @@ import pytest
 from ckpt_factory import build_checkpoint, write_safetensors
 from safetensors import safe_open
 
-from vpred_core.safetensors_header import MAX_HEADER_BYTES, HeaderError, parse_header_bytes, read_header
+from vpred_core.checkpoints.safetensors_header import MAX_HEADER_BYTES, HeaderError, parse_header_bytes, read_header
 
 SMALL_PEAK_BYTES = 5_000_000
 

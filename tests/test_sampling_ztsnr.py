@@ -11,7 +11,7 @@ import pytest
 import torch
 from kd_support import kdiffusion
 
-from vpred_core.demo import DEMO_CASES, DemoCase, antithetic_noise, sample_case, summarize
+from vpred_core.cli.demo import DEMO_CASES, DemoCase, antithetic_noise, sample_case, summarize
 
 SAMPLES = 16
 STEPS = 20
@@ -73,7 +73,7 @@ def test_no_nan_at_sigma_max(dtype, sampler):
 
 
 def test_heun_needs_first_order_first_step_at_ztsnr():
-    """Documents the terminal rule: Heun's correction across 4518 -> sigma_1 diverges (see vpred_core.terminal)."""
+    """Documents the terminal rule: Heun's correction across 4518 -> sigma_1 diverges (vpred_core.sampling.denoiser)."""
     raw = run(DemoCase("raw", "v", True, "trailing"), "heun", first_step="sampler")
     fixed = run(DemoCase("fixed", "v", True, "trailing"), "heun")
     assert raw.brightness_spread > 5 * fixed.brightness_spread

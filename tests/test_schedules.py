@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vpred_core.schedules import (
+from vpred_core.sampling.schedules import (
     alphas_cumprod_from_betas,
     alphas_cumprod_from_sigmas,
     betas_cosine,

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from vpred_core.schedule_spec import ScheduleSpec
-from vpred_core.spacing import sigma_schedule, timesteps_for_spacing
+from vpred_core.sampling.schedules import ScheduleSpec, sigma_schedule, timesteps_for_spacing
 
 
 def test_exact_integers():

@@ -5,6 +5,13 @@ import math
 import pytest
 import torch
 
+from vpred_core.sampling.uncond import (
+    SDXL_POOLED_DIM,
+    UNCOND_MODE_IDS,
+    negative_text_for_mode,
+    should_zero_uncond,
+    zero_sdxl_vector,
+)
 from vpred_core.settings import (
     CfgRescaleSettings,
     ModelSamplingSettings,
@@ -13,13 +20,6 @@ from vpred_core.settings import (
     UncondSettings,
     from_infotext,
     to_infotext,
-)
-from vpred_core.uncond import (
-    SDXL_POOLED_DIM,
-    UNCOND_MODE_IDS,
-    negative_text_for_mode,
-    should_zero_uncond,
-    zero_sdxl_vector,
 )
 
 SDXL_VECTOR_DIM = 2816  # 1280 pooled CLIP-G + 6 * 256 size/crop/target embeddings

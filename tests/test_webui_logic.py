@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from a1111_extension import host, logic_cfg, logic_sampling, logic_ui, logic_uncond
-from vpred_core.cfg import rescale_cfg_denoised
+from vpred_core.sampling.cfg import rescale_cfg_denoised
 from vpred_core.settings import CfgRescaleSettings, ModelSamplingSettings, from_infotext
 
 UI_ARGS = (True, "v", "on", 0.024, True, 0.7, "v", 14.6, 0.5, "zero")

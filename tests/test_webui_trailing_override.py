@@ -8,7 +8,7 @@ import torch
 from a1111_extension.logic_ui import UiRequest
 from a1111_extension.state import RequestState
 from a1111_extension.trailing_override import TrailingSigmas, hires_scheduler, set_trailing_override
-from vpred_core.schedule_spec import ScheduleSpec
+from vpred_core.sampling.schedules import ScheduleSpec
 from vpred_core.settings import PackSettings, SamplingSettings
 
 STEPS = 10

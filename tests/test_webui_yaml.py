@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from a1111_extension import logic_sampling, model_files
-from vpred_core.yaml_record import sidecar_yaml_path
+from vpred_core.checkpoints.inspection import sidecar_yaml_path
 
 ckpt_factory = pytest.importorskip("ckpt_factory")
 FAMILY = "sd1"

@@ -9,10 +9,8 @@ import yaml
 from ckpt_factory import build_checkpoint
 from omegaconf import OmegaConf
 
-from vpred_core.inspection import inspect_checkpoint
-from vpred_core.yaml_gen import read_ztsnr_from_yaml, render_yaml, write_yaml_for_checkpoint
-from vpred_core.yaml_record import read_record
-from vpred_core.yaml_templates import TEMPLATES
+from vpred_core.checkpoints.inspection import inspect_checkpoint, read_record, read_ztsnr_from_yaml
+from vpred_core.checkpoints.sidecar_yaml import TEMPLATES, render_yaml, write_yaml_for_checkpoint
 
 HOST_DIR = Path(__file__).parent / "data" / "host_configs"
 # template -> (checkpoint family, variant, captured host config it must match)

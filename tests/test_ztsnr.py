@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from vpred_core.schedule_spec import ScheduleSpec
-from vpred_core.schedules import alphas_cumprod_from_betas, make_betas
-from vpred_core.ztsnr import (
+from vpred_core.sampling.schedules import (
     DIFFUSERS_TERMINAL_ALPHAS_CUMPROD,
     HOST_CLAMP_ALPHAS_CUMPROD,
+    ScheduleSpec,
+    alphas_cumprod_from_betas,
     is_zero_terminal_snr,
+    make_betas,
     rescale_zero_terminal_snr,
     rescale_zero_terminal_snr_betas,
 )

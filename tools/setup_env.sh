@@ -2,7 +2,7 @@
 # Create (or reuse) the virtual environment for the demo and the tests, CPU only.
 #   torch==2.13.0 first (a CPU build), then the test extras constrained to that torch, then k-diffusion and
 #   torchvision with --no-deps: their own dependency lists would replace the CPU torch with a multi-GB CUDA build.
-#   vpred_core.kdiffusion_compat explains how k-diffusion's samplers are then imported (docs/TESTING.md).
+#   vpred_core.cli.kdiffusion explains how k-diffusion's samplers are then imported (docs/TESTING.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VPRED_VENV:-.venv}"

@@ -10,12 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
-from .cfg import RESCALE_SPACE_IDS, SigmaWindow, validate_phi
-from .prediction import PREDICTION_IDS
-from .schedule_spec import ScheduleSpec
-from .schedules import NUM_TRAIN_TIMESTEPS, SD_LINEAR_END, SD_LINEAR_START
-from .spacing import SPACING_IDS
-from .uncond import UNCOND_MODE_IDS
+from .sampling.cfg import RESCALE_SPACE_IDS, SigmaWindow, validate_phi
+from .sampling.prediction import PREDICTION_IDS
+from .sampling.schedules import NUM_TRAIN_TIMESTEPS, SD_LINEAR_END, SD_LINEAR_START, SPACING_IDS, ScheduleSpec
+from .sampling.uncond import UNCOND_MODE_IDS
 
 INFOTEXT_PREFIX = "VPred "
 AUTO = "auto"

@@ -69,7 +69,7 @@ def test_model_sampling_equals_builtin_discrete(comfy_nodes, tiny, zsnr, record_
 
 
 def test_model_sampling_controls_beta_end(comfy_nodes, tiny):
-    from vpred_core.schedule_spec import ScheduleSpec
+    from vpred_core.sampling.schedules import ScheduleSpec
 
     patched = node(comfy_nodes, "ModelSampling").patch(tiny, "v", "off", "scaled_linear", 0.00085, 0.024, 1000,
                                                        "host_clamp")[0]

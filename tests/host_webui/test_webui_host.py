@@ -62,7 +62,7 @@ def test_cfg_hook_with_real_callbacks_and_prompt_parser():
     prompt_parser = _try_import("modules.prompt_parser")
     from a1111_extension.a1111_callbacks import RequestCallbacks, remove_stale
     from a1111_extension.logic_ui import args_to_request
-    from vpred_core.cfg import rescale_cfg_denoised
+    from vpred_core.sampling.cfg import rescale_cfg_denoised
 
     torch.manual_seed(0)
     batch = 2

@@ -190,7 +190,7 @@ def _needs_host_schedulers():
 
 
 def _core_trailing(sampler, steps):
-    from vpred_core.spacing import sigma_schedule
+    from vpred_core.sampling.schedules import sigma_schedule
 
     table = sampler.model_wrap.sigmas.cpu()
     return sigma_schedule(table.double(), steps, "trailing").to(table.dtype)
@@ -321,7 +321,7 @@ def test_ddim_cfgpp_rescale_uses_the_host_scale_multiplier(loaded_script, tmp_pa
     callbacks = host_import("modules.script_callbacks")
     if CFGPP_SAMPLER not in sd_samplers.all_samplers_map:
         pytest.skip("this webui has no DDIM CFG++ sampler (A1111 1.10+)")
-    from vpred_core.cfg import rescale_cfg_denoised
+    from vpred_core.sampling.cfg import rescale_cfg_denoised
 
     model = tiny_ldm_model(tmp_path, markers=("v_pred",))
     devices = host_import("modules.devices")

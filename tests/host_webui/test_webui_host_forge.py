@@ -132,7 +132,7 @@ def test_post_cfg_through_forge_sampling_function(forge, hr_pass):
     """sampling_function_inner (Forge passes no cond_scale to post-cfg functions): the pass's own scale is used."""
     from a1111_extension.host import FORGE
     from a1111_extension.patcher import patch_unet
-    from vpred_core.cfg import rescale_cfg_denoised
+    from vpred_core.sampling.cfg import rescale_cfg_denoised
 
     unet = _forge_unet(forge)
     p = _processing(forge, unet)

@@ -172,8 +172,7 @@ def test_crafted_yaml_reaches_forge_loader_as_vpred(reforge, tmp_path):
 
 def test_host_ztsnr_is_not_applied_twice(reforge, tmp_path):
     """ztsnr marker: reForge rescales its own sigmas; the pack (explicit betas: a patch) must not rescale again."""
-    from vpred_core.schedules import sigmas_from_alphas_cumprod
-    from vpred_core.ztsnr import rescale_zero_terminal_snr
+    from vpred_core.sampling.schedules import rescale_zero_terminal_snr, sigmas_from_alphas_cumprod
 
     sd_model = _forge_loaded_model(reforge, tmp_path)
     unet = sd_model.forge_objects.unet
@@ -224,7 +223,7 @@ def _cond(reforge, seed):
 def test_cfg_rescale_through_reforge_sampling_function(reforge, tmp_path):
     """The clone's post-cfg function, run by ldm_patched's own sampling_function on the tiny model, equals the
     core's rescale_cfg_denoised of the host's cond / uncond predictions."""
-    from vpred_core.cfg import rescale_cfg_denoised
+    from vpred_core.sampling.cfg import rescale_cfg_denoised
 
     sd_model = _forge_loaded_model(reforge, tmp_path, markers=("v_pred",))
     unet = sd_model.forge_objects.unet
@@ -280,7 +279,7 @@ def _count_post_cfg_calls(patched) -> list:
 
 def _run_sampling_function(reforge, patched, unet):
     """(ldm_patched sampling_function output, core rescale of the host's cond / uncond) at sigma_max."""
-    from vpred_core.cfg import rescale_cfg_denoised
+    from vpred_core.sampling.cfg import rescale_cfg_denoised
 
     cond, uncond = _cond(reforge, 1), _cond(reforge, 2)
     gen = torch.Generator().manual_seed(SEED)

@@ -53,7 +53,7 @@ def _write_crafted(tmp_path, family: str, linear_end: float | None) -> str:
 
         assert write_yaml_if_needed(path) is not None
     else:
-        from vpred_core.yaml_gen import WRITTEN, write_yaml_for_checkpoint
+        from vpred_core.checkpoints.sidecar_yaml import WRITTEN, write_yaml_for_checkpoint
 
         override = tmp_path / "override.yaml"
         override.write_text(yaml.safe_dump({"prediction": "v", "linear_end": linear_end}))
@@ -72,7 +72,7 @@ def _shrunk_ldm_config(config_path: str):
 
 
 def _core_alphas(linear_end: float) -> torch.Tensor:
-    from vpred_core.schedule_spec import ScheduleSpec
+    from vpred_core.sampling.schedules import ScheduleSpec
 
     return ScheduleSpec(linear_end=linear_end).alphas_cumprod()
 

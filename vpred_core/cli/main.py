@@ -1,27 +1,52 @@
-"""``python -m vpred_core inspect`` and ``write-yaml``: checkpoint inspection and sidecar YAML generation.
+"""Command line: ``python -m vpred_core {demo,inspect,write-yaml}``.
 
-Exit codes: 0 = done (inspected / written or would be written), 1 = at least one error,
+Exit codes of the file commands: 0 = done (inspected / written or would be written), 1 = at least one error,
 3 = nothing to do (no checkpoint found, or every YAML already exists / was skipped). 2 is argparse's usage error.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
-from .inspect_progress import ProgressBar, find_checkpoints, progress_wanted
-from .inspect_sources import load_override
-from .inspection import CHECKPOINT_SUFFIXES, STATUS_ERROR, InspectionResult, inspect_checkpoint
-from .yaml_gen import WOULD_WRITE, WRITTEN, write_yaml_for_checkpoint
+from ..checkpoints.inspection import (
+    CHECKPOINT_SUFFIXES,
+    STATUS_ERROR,
+    InspectionResult,
+    inspect_checkpoint,
+    load_override,
+)
+from ..checkpoints.sidecar_yaml import WOULD_WRITE, WRITTEN, write_yaml_for_checkpoint
 
-logger = logging.getLogger(__name__)
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available sub-command."""
+    parser = argparse.ArgumentParser(prog="python -m vpred_core", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register_demo(subparsers)
+    register_files(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen sub-command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    return int(args.handler(args) or 0)
+
 
 EXIT_OK, EXIT_ERRORS, EXIT_NOTHING_TO_DO = 0, 1, 3
 TABLE_COLUMNS = ("file", "arch", "pred", "ztsnr", "betas", "prediction from", "notes")
 
 
-def register(subparsers) -> None:
+def register_files(subparsers) -> None:
     """Add the ``inspect`` and ``write-yaml`` sub-commands."""
     inspect = subparsers.add_parser("inspect", help="show each checkpoint's inference settings (header only)")
     _common(inspect)
@@ -136,3 +161,91 @@ def run_write_yaml(args) -> int:
     if errors or any(o.is_error for o in outcomes):
         return EXIT_ERRORS
     return EXIT_OK if any(o.status in (WRITTEN, WOULD_WRITE) for o in outcomes) else EXIT_NOTHING_TO_DO
+
+
+logger = logging.getLogger(__name__)
+DEFAULT_OUTPUT = "vpred_demo.png"
+
+
+def register_demo(subparsers) -> None:
+    """Add the ``demo`` sub-command."""
+    parser = subparsers.add_parser("demo", help="sample the oracle model: flawed vs v-pred + ZTSNR + trailing")
+    parser.add_argument("--samples", type=int, default=16, help="samples per case (even; antithetic pairs)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", default="euler", help="k-diffusion sampler name without 'sample_'")
+    parser.add_argument("--out", default=DEFAULT_OUTPUT, help="PNG path for the labelled sample grid")
+    parser.set_defaults(handler=run_demo_command)
+
+
+def run_demo_command(args) -> int:
+    """Run the demo, print the table, write the PNG."""
+    from .demo import format_table, render_grid, run_demo
+
+    results = run_demo(args.samples, args.steps, args.seed, args.sampler)
+    print(format_table(results))
+    render_grid(results, Path(args.out))
+    print(f"wrote {Path(args.out).resolve()}")
+    return 0
+
+
+BAR_WIDTH = 30
+MIN_REDRAW_SECONDS = 0.1
+
+
+class ProgressBar:
+    """``with ProgressBar(total, enabled) as bar: bar.step()``; draws ``[####----] 12/40 name`` on stderr."""
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.enabled, self.done = max(total, 0), enabled and total > 0, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self._last_draw = 0.0
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._draw("", force=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def step(self, label: str = "") -> None:
+        self.done += 1
+        if self.enabled:
+            self._draw(label, force=self.done == self.total)
+
+    def _draw(self, label: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_draw < MIN_REDRAW_SECONDS:
+            return
+        self._last_draw = now
+        filled = BAR_WIDTH * self.done // self.total
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[-40:]:<40}")
+        self.stream.flush()
+
+
+def progress_wanted(requested: bool | None, stream=None) -> bool:
+    """Explicit request wins; otherwise only when the stream is a terminal."""
+    if requested is not None:
+        return requested
+    stream = stream if stream is not None else sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def find_checkpoints(folder: str, suffixes: tuple[str, ...], recursive: bool) -> Iterator[str]:
+    """Checkpoint files in ``folder`` (sorted; sub-folders too when ``recursive``), by case-insensitive suffix."""
+    if not recursive:
+        yield from _matching(folder, sorted(os.listdir(folder)), suffixes)
+        return
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        yield from _matching(root, sorted(files), suffixes)
+
+
+def _matching(root: str, names: Iterable[str], suffixes: tuple[str, ...]) -> Iterator[str]:
+    for name in names:
+        full = os.path.join(root, name)
+        if name.lower().endswith(suffixes) and os.path.isfile(full):
+            yield full

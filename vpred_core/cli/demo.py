@@ -1,4 +1,5 @@
-"""The built-in demo: sample the Gaussian oracle with k-diffusion under the flawed and the fixed setups.
+"""The built-in demo: sample the Gaussian oracle with k-diffusion under the flawed and the fixed setups, and render
+the samples as one labelled PNG grid (Pillow, imported lazily).
 
 Rows (all for the "bright" class, mu = 1.5, 4x64x64 latents, ``steps`` steps, antithetic noise pairs):
 (a) eps model on the SD schedule, webui spacing (leading+1)  -> lands near gray (Lin et al. 2023 Fig. 1)
@@ -13,12 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .denoiser import DiscreteDenoiser
-from .guidance import GuidedDenoiser
-from .kdiffusion_compat import load_kdiffusion
+from ..sampling.denoiser import DiscreteDenoiser, GuidedDenoiser, sample_from_schedule
+from ..sampling.schedules import ScheduleSpec
+from .kdiffusion import load_kdiffusion
 from .oracle import BRIGHT_CLASS, DEFAULT_CLASSES, OracleModel
-from .schedule_spec import ScheduleSpec
-from .terminal import sample_from_schedule
 
 UNCONDITIONAL = -1
 DEMO_CFG_SCALE = 7.0
@@ -101,3 +100,39 @@ def format_table(results: list[DemoResult]) -> str:
     rows = [f"{r.case.label:<36} {r.brightness_ratio:>13.3f} {r.brightness_spread:>8.3f} {r.saturation:>10.3f}"
             for r in results]
     return "\n".join([head, "-" * len(head), *rows])
+
+
+DISPLAY_RANGE = 5.0  # latent values in [-5, 5] map to black..white; beyond is clipped ("burnt")
+TILE_SCALE = 2
+LABEL_WIDTH = 250
+PADDING = 4
+BACKGROUND = (32, 32, 32)
+TEXT_COLOUR = (235, 235, 235)
+
+
+def to_gray_image(sample: torch.Tensor):
+    """One latent (C, H, W) as a grayscale PIL image of its channel mean, [-5, 5] -> [0, 255]."""
+    from PIL import Image
+
+    mean = sample.float().mean(0)
+    pixels = ((mean / DISPLAY_RANGE + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+    image = Image.fromarray(pixels.numpy(), mode="L")
+    return image.resize((image.width * TILE_SCALE, image.height * TILE_SCALE)).convert("RGB")
+
+
+def render_grid(results, path, per_row: int = 8) -> None:
+    """Write a PNG with one labelled row of ``per_row`` samples per demo case."""
+    from PIL import Image, ImageDraw
+
+    tiles = [[to_gray_image(s) for s in r.samples[:per_row]] for r in results]
+    tile_w, tile_h = tiles[0][0].size
+    width = LABEL_WIDTH + per_row * (tile_w + PADDING)
+    canvas = Image.new("RGB", (width, len(results) * (tile_h + PADDING) + PADDING), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for row, (result, row_tiles) in enumerate(zip(results, tiles, strict=True)):
+        top = PADDING + row * (tile_h + PADDING)
+        text = f"{result.case.label}\nbrightness/mu {result.brightness_ratio:.2f}\nsaturation {result.saturation:.2f}"
+        draw.multiline_text((PADDING, top + PADDING), text, fill=TEXT_COLOUR)
+        for col, tile in enumerate(row_tiles):
+            canvas.paste(tile, (LABEL_WIDTH + col * (tile_w + PADDING), top))
+    canvas.save(path)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from operator import gt, itemgetter
 
-from .file_errors import CheckpointFileError
+from . import CheckpointFileError
 
 LENGTH_PREFIX_BYTES = 8
 LENGTH_PREFIX_FORMAT = "<Q"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .prediction import alpha_from_sigma, s_from_sigma, validate_prediction
-from .schedules import sigmas_from_alphas_cumprod, t_to_sigma
+from ..sampling.prediction import alpha_from_sigma, s_from_sigma, validate_prediction
+from ..sampling.schedules import sigmas_from_alphas_cumprod, t_to_sigma
 
 ORACLE_DTYPE = torch.float64
 LATENT_SHAPE = (4, 64, 64)
