@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .logic_sampling import SamplingPlan, plan_alphas_cumprod
+from vpred_core.settings import SamplingPlan
 
 logger = logging.getLogger(__name__)
 SAVED_ATTR = "vpred_saved_host_schedule"
@@ -91,7 +91,7 @@ def apply_plan(sd_model, plan: SamplingPlan) -> None:
         sd_model.parameterization = plan.prediction
     host_original = saved.alphas_cumprod_original
     base = host_original if host_original is not MISSING else saved.alphas_cumprod
-    abar = plan_alphas_cumprod(plan, base)
+    abar = plan.alphas_cumprod(base)
     setattr(sd_model, SAVED_ATTR, replace(saved, installed=abar.detach().clone()))
     if host_original is not MISSING:
         sd_model.alphas_cumprod_original = abar

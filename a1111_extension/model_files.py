@@ -7,8 +7,7 @@ import logging
 import os
 
 from vpred_core.checkpoints.inspection import sidecar_yaml_path
-
-from .logic_sampling import Detected, detected_from_inspection
+from vpred_core.settings import Detected
 
 logger = logging.getLogger(__name__)
 INSPECTION_CACHE_SIZE = 64
@@ -34,7 +33,7 @@ def inspect_path(path: str | None):
 
 
 def detect(path: str | None) -> Detected:
-    return detected_from_inspection(inspect_path(path))
+    return Detected.from_inspection(inspect_path(path))
 
 
 def should_write_yaml(checkpoint: str, result) -> bool:

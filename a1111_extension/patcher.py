@@ -15,10 +15,11 @@ from __future__ import annotations
 import copy
 import logging
 
+from vpred_core.settings import SamplingPlan
+
 from . import pass_alphas
 from .host import FORGE
 from .logic_cfg import post_cfg_rescale
-from .logic_sampling import SamplingPlan, plan_sigmas
 
 logger = logging.getLogger(__name__)
 FORGE_PREDICTION_TYPES = {"v": "v_prediction", "eps": "epsilon"}
@@ -80,7 +81,7 @@ def patch_unet(p, host: str, plan: SamplingPlan | None, settings) -> None:
     """Clone the pass's unet patcher, attach the patches and put the clone in place for this pass."""
     unet = p.sd_model.forge_objects.unet.clone()
     if plan is not None:
-        sigmas = plan_sigmas(plan, _host_abar(p.sd_model))
+        sigmas = plan.sigmas(_host_abar(p.sd_model))
         if host == FORGE:
             predictor = _forge_predictor(unet, plan, sigmas)
             unet.add_object_patch("predictor", predictor)

@@ -6,9 +6,11 @@ import logging
 
 from modules import scripts, shared
 
+from vpred_core.settings import Detected, resolve_model_sampling
+
 from . import a1111_callbacks, a1111_model, a1111_timesteps, model_files, pass_alphas, ui
 from .host import A1111, detect_host, host_global_ztsnr
-from .logic_sampling import host_schedule_setting_to_force, resolve_plan
+from .logic_sampling import host_schedule_setting_to_force
 from .logic_ui import XYZ_ATTR, args_to_request, defaults_from_options, infotext_for
 from .logic_uncond import rewrite_negatives
 from .options import get_option
@@ -21,9 +23,11 @@ logger = logging.getLogger(__name__)
 def compute_plan(p, state: RequestState):
     filename = a1111_model.checkpoint_filename(p.sd_model)
     settings = state.settings.model_sampling
-    plan = resolve_plan(settings, model_files.detect(filename), state.request.beta_end_auto, state.host_ztsnr)
+    parameterization = getattr(p.sd_model, "parameterization", None)
+    host = Detected(prediction=parameterization, ztsnr=state.host_ztsnr, source="webui")
+    plan = resolve_model_sampling(settings, model_files.detect(filename), host, state.request.beta_end_auto)
     host_applies = state.host_ztsnr and state.host != A1111
-    return None if plan.is_noop(getattr(p.sd_model, "parameterization", None), host_applies) else plan
+    return plan if plan.changes_host(Detected(prediction=parameterization, ztsnr=host_applies)) else None
 
 
 def ensure_a1111_model(p, state: RequestState) -> bool:

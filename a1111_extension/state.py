@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .logic_sampling import SamplingPlan
+from vpred_core.settings import SamplingPlan
+
 from .logic_ui import UiRequest
 
 STATE_ATTR = "vpred_request_state"

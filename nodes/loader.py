@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 
 from ..vpred_core.checkpoints.inspection import inspect_checkpoint
-from ..vpred_core.settings import AUTO, ModelSamplingSettings
+from ..vpred_core.settings import AUTO, Detected, ModelSamplingSettings
 from .common import CATEGORY, DETECTED_SETTINGS_KEY, display_name, node_id
-from .model_sampling_glue import Detected, describe, host_detected, patch_model_sampling
+from .model_sampling_glue import describe, host_detected, patch_model_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -19,24 +18,19 @@ CHECKPOINTS_FOLDER = "checkpoints"
 EMBEDDINGS_FOLDER = "embeddings"
 
 
-def merge_detection(inspection, host: Detected) -> Detected:
-    """Inspection results where the file states them, ComfyUI's detection otherwise."""
-    return replace(host, **inspection.stated_fields(), source=f"{INSPECTION_SOURCE} + {host.source}",
-                   notes=tuple(getattr(inspection, "warnings", ()) or ()))
-
-
 def auto_configure(model, inspection):
-    """Apply the detected model sampling to ``model`` (clone); returns (model, one-line summary)."""
+    """Apply what the file states to ``model`` (clone) through the core's resolver; returns (model, one-line summary).
+    Fields the file does not state keep ComfyUI's own detection."""
     host = host_detected(model)
     if host.prediction is None:
         return model, "not applied: the model is not a discrete eps/v model; kept ComfyUI's sampling"
-    if not inspection.stated_fields():
+    stated = Detected.from_inspection(inspection)
+    if not stated.states_anything:
         return model, "nothing detected in the file; kept ComfyUI's own detection (" + describe_host(host) + ")"
-    detected = merge_detection(inspection, host)
     model = model.clone()
-    model.model_options[DETECTED_SETTINGS_KEY] = detected
-    patched, prediction, spec = patch_model_sampling(model, ModelSamplingSettings(AUTO, AUTO), beta_auto=True)
-    return patched, "applied: " + describe(prediction, spec)
+    model.model_options[DETECTED_SETTINGS_KEY] = stated
+    patched, plan = patch_model_sampling(model, ModelSamplingSettings(AUTO, AUTO), beta_auto=True)
+    return patched, f"applied: {describe(plan)} ({plan.describe_sources()})"
 
 
 def source_text(inspection, name: str) -> str:

@@ -102,5 +102,5 @@ class ModelSampling:
     def patch(self, model, prediction, ztsnr, beta_schedule, linear_start, linear_end, timesteps, terminal):
         settings, beta_auto = settings_from_inputs(
             prediction, ztsnr, beta_schedule, linear_start, linear_end, timesteps, terminal)
-        patched, _, _ = patch_model_sampling(model, settings, beta_auto)
+        patched, _ = patch_model_sampling(model, settings, beta_auto)
         return (patched,)

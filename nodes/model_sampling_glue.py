@@ -7,10 +7,9 @@ ComfyUI is imported lazily inside functions so that the node schemas import with
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from ..vpred_core.sampling.schedules import ScheduleSpec
-from ..vpred_core.settings import ModelSamplingSettings
+from ..vpred_core.settings import Detected, ModelSamplingSettings, SamplingPlan, resolve_model_sampling
 from .common import DETECTED_SETTINGS_KEY
 
 logger = logging.getLogger(__name__)
@@ -22,20 +21,6 @@ COMFY_DEFAULT_BETA = "linear"
 ZTSNR_SIGMA_MAX_THRESHOLD = 1000.0
 COMFY_PREDICTION_CLASSES = {"v": "V_PREDICTION", "eps": "EPS"}
 HOST_SOURCE = "ComfyUI model detection"
-
-
-@dataclass(frozen=True)
-class Detected:
-    """What is known about a model's training schedule; None fields are unknown."""
-
-    prediction: str | None = None
-    ztsnr: bool | None = None
-    beta_schedule: str | None = None
-    linear_start: float | None = None
-    linear_end: float | None = None
-    timesteps: int | None = None
-    source: str = HOST_SOURCE
-    notes: tuple = field(default_factory=tuple)
 
 
 def host_prediction(model_sampling) -> str | None:
@@ -68,39 +53,24 @@ def host_detected(model) -> Detected:
         linear_start=getattr(ms, "linear_start", None),
         linear_end=getattr(ms, "linear_end", None),
         timesteps=getattr(ms, "num_timesteps", None),
+        source=HOST_SOURCE,
     )
 
 
-def detected_settings(model) -> Detected:
-    """The pack loader's detection recorded on the model, else what ComfyUI detected."""
+def stated_settings(model) -> Detected:
+    """What the pack's checkpoint loader found the file (or the probe) to state, recorded on the model; else nothing."""
     recorded = getattr(model, "model_options", {}).get(DETECTED_SETTINGS_KEY)
-    return recorded if isinstance(recorded, Detected) else host_detected(model)
+    return recorded if isinstance(recorded, Detected) else Detected()
 
 
-def resolve_schedule(settings: ModelSamplingSettings, detected: Detected, beta_auto: bool) -> ScheduleSpec:
-    """ScheduleSpec from the widgets, or (``beta_auto``) from the detected beta schedule; ZTSNR resolved."""
-    ztsnr = settings.resolve_ztsnr(detected.ztsnr)
-    if not beta_auto:
-        return settings.schedule_spec(ztsnr)
-    defaults = ScheduleSpec()
-    return ScheduleSpec(
-        detected.beta_schedule or defaults.beta_schedule,
-        detected.linear_start if detected.linear_start is not None else defaults.linear_start,
-        detected.linear_end if detected.linear_end is not None else defaults.linear_end,
-        int(detected.timesteps) if detected.timesteps else defaults.timesteps,
-        ztsnr,
-        settings.terminal,
-    )
-
-
-def resolve_prediction(settings: ModelSamplingSettings, detected: Detected) -> str:
-    """Forced prediction, else the detected one; ValueError when ``auto`` finds nothing."""
-    prediction = settings.resolve_prediction(detected.prediction)
-    if prediction is None:
+def resolve_plan(model, settings: ModelSamplingSettings, beta_auto: bool) -> SamplingPlan:
+    """The core's resolution (forced > stated > ComfyUI's own) for a MODEL; ValueError when no prediction is known."""
+    plan = resolve_model_sampling(settings, stated_settings(model), host_detected(model), beta_auto)
+    if plan.prediction is None:
         raise ValueError("prediction is 'auto' but the model's prediction type is unknown; choose 'v' or 'eps'")
-    if prediction not in COMFY_PREDICTION_CLASSES:
-        raise ValueError(f"prediction {prediction!r} is not supported by this node; choose 'v' or 'eps'")
-    return prediction
+    if plan.prediction not in COMFY_PREDICTION_CLASSES:
+        raise ValueError(f"prediction {plan.prediction!r} is not supported by this node; choose 'v' or 'eps'")
+    return plan
 
 
 def model_sampling_class(prediction: str):
@@ -124,18 +94,17 @@ def build_model_sampling(prediction: str, spec: ScheduleSpec):
 
 
 def patch_model_sampling(model, settings: ModelSamplingSettings, beta_auto: bool = True):
-    """clone() + add_object_patch("model_sampling", ...) with resolved settings; returns (model, prediction, spec)."""
-    detected = detected_settings(model)
-    prediction = resolve_prediction(settings, detected)
-    spec = resolve_schedule(settings, detected, beta_auto)
+    """clone() + add_object_patch("model_sampling", ...) with resolved settings; returns (model, plan)."""
+    plan = resolve_plan(model, settings, beta_auto)
     patched = model.clone()
-    patched.add_object_patch("model_sampling", build_model_sampling(prediction, spec))
-    logger.debug("model sampling: prediction=%s %s (detected via %s)", prediction, spec, detected.source)
-    return patched, prediction, spec
+    patched.add_object_patch("model_sampling", build_model_sampling(plan.prediction, plan.spec))
+    logger.debug("model sampling: %s (%s)", plan.summary(), plan.describe_sources())
+    return patched, plan
 
 
-def describe(prediction: str, spec: ScheduleSpec) -> str:
+def describe(plan: SamplingPlan) -> str:
     """One line describing an applied model sampling."""
+    prediction, spec = plan.prediction, plan.spec
     ztsnr = f"ZTSNR on ({spec.terminal}, sigma_max {spec.sigma_max:.2f})" if spec.ztsnr else "ZTSNR off"
     return (f"prediction={prediction}, {ztsnr}, betas={spec.beta_schedule} "
             f"{spec.linear_start:g}..{spec.linear_end:g} over {spec.timesteps} steps")

@@ -35,7 +35,7 @@ class VPredSetup:
 
     def patch(self, model, prediction, ztsnr, rescale_phi):
         settings, _ = settings_from_inputs(prediction, ztsnr, AUTO)
-        patched, _, _ = patch_model_sampling(model, settings, beta_auto=True)
+        patched, _ = patch_model_sampling(model, settings, beta_auto=True)
         if rescale_phi > 0.0:
             patched.set_model_sampler_post_cfg_function(make_post_cfg_function(rescale_phi, SETUP_RESCALE_SPACE))
         return (patched,)

@@ -138,38 +138,25 @@ def test_trailing_schedule_first_sigma_is_table_max(pack_nodes):
     assert len(sched.schedule_sigmas(FakeSampling(), 10, "trailing", 0.5)) == 11
 
 
-def test_settings_from_inputs_and_schedule_resolution(pack_nodes):
+def test_settings_from_inputs(pack_nodes):
     ms_mod = importlib.import_module(f"{PACK_NAME}.nodes.model_sampling")
-    glue = importlib.import_module(f"{PACK_NAME}.nodes.model_sampling_glue")
     settings, beta_auto = ms_mod.settings_from_inputs("v", "on", "scaled_linear", 0.00085, 0.024, 1000, "host_clamp")
-    assert not beta_auto
-    spec = glue.resolve_schedule(settings, glue.Detected(prediction="eps", ztsnr=False), beta_auto)
-    assert spec.linear_end == 0.024 and spec.ztsnr
-    auto_settings, beta_auto = ms_mod.settings_from_inputs("auto", "auto")
-    detected = glue.Detected(prediction="v", ztsnr=True, beta_schedule="scaled_linear", linear_start=0.00085,
-                             linear_end=0.024, timesteps=1000)
-    assert glue.resolve_prediction(auto_settings, detected) == "v"
-    assert glue.resolve_schedule(auto_settings, detected, beta_auto).linear_end == 0.024
-    with pytest.raises(ValueError):
-        glue.resolve_prediction(auto_settings, glue.Detected())
+    assert not beta_auto and settings.linear_end == 0.024 and settings.prediction == "v"
+    _, beta_auto = ms_mod.settings_from_inputs("auto", "auto")
+    assert beta_auto
     with pytest.raises(ValueError):
         ms_mod.settings_from_inputs("v", "maybe")
 
 
-def test_loader_merges_only_stated_fields(pack_nodes, tmp_path):
+def test_loader_report_names_sources(pack_nodes, tmp_path):
     from safetensors.torch import save_file
 
     from vpred_core.checkpoints.inspection import inspect_checkpoint
 
     loader = importlib.import_module(f"{PACK_NAME}.nodes.loader")
-    glue = importlib.import_module(f"{PACK_NAME}.nodes.model_sampling_glue")
     path = tmp_path / "m.safetensors"
     save_file({"v_pred": torch.zeros(0), "x": torch.zeros(1)}, str(path), metadata={"ss_zero_terminal_snr": "True"})
     inspection = inspect_checkpoint(path)
-    host = glue.Detected(prediction="eps", ztsnr=False, beta_schedule="scaled_linear", linear_start=0.00085,
-                         linear_end=0.012, timesteps=1000)
-    merged = loader.merge_detection(inspection, host)
-    assert merged.prediction == "v" and merged.ztsnr is True and merged.linear_end == 0.012
     report = loader.build_report("m.safetensors", inspection, "applied: x")
     assert "prediction: v (from state_dict_keys" in report
     json.loads(report.split("inspection:\n", 1)[1])

@@ -51,7 +51,7 @@ def test_zero_sdxl_vector_keeps_size_embeddings():
 def test_infotext_round_trip_all_fields():
     settings = PackSettings(
         ModelSamplingSettings("v", "on", "scaled_linear", 0.00085, 0.024, 1000, "exact"),
-        SamplingSettings("linspace"),
+        SamplingSettings("linspace", "ddim"),
         CfgRescaleSettings(0.7, "x0", 14.6, 0.5),
         UncondSettings("comma"),
     )
@@ -67,15 +67,6 @@ def test_infotext_round_trip_all_fields():
 def test_infotext_bad_values_name_the_problem(key, value):
     with pytest.raises(ValueError, match="infotext"):
         from_infotext({key: value})
-
-
-def test_resolve_auto_settings():
-    auto = ModelSamplingSettings()
-    assert auto.resolve_prediction("v") == "v" and auto.resolve_prediction(None) is None
-    assert ModelSamplingSettings(prediction="eps").resolve_prediction("v") == "eps"
-    assert auto.resolve_ztsnr(True) and not auto.resolve_ztsnr(None)
-    assert not ModelSamplingSettings(ztsnr="off").resolve_ztsnr(True)
-    assert auto.schedule_spec(True).ztsnr
 
 
 def test_frozen():

@@ -43,31 +43,6 @@ def test_option_ids_prefixed_and_xyz_override():
     assert request.enabled and request.settings.cfg_rescale.phi == 0.3
 
 
-def test_resolve_plan_auto_keeps_host_when_nothing_detected():
-    plan = logic_sampling.resolve_plan(ModelSamplingSettings(), logic_sampling.Detected(), True, host_ztsnr=True)
-    assert plan.prediction is None and plan.ztsnr and plan.betas_from_host
-    assert plan.is_noop(None, True)
-    assert not plan.is_noop(None, False)
-
-
-def test_resolve_plan_detected_and_forced():
-    detected = logic_sampling.Detected(prediction="v", ztsnr=True, linear_end=0.024)
-    plan = logic_sampling.resolve_plan(ModelSamplingSettings(), detected, True, host_ztsnr=False)
-    assert (plan.prediction, plan.ztsnr, plan.spec.linear_end) == ("v", True, 0.024)
-    forced = logic_sampling.resolve_plan(ModelSamplingSettings(prediction="eps", ztsnr="off"), detected, True, True)
-    assert (forced.prediction, forced.ztsnr) == ("eps", False)
-
-
-def test_plan_alphas_no_double_ztsnr_and_host_betas():
-    plan = logic_sampling.resolve_plan(ModelSamplingSettings(ztsnr="on"), logic_sampling.Detected(), True, False)
-    host_abar = plan.spec.alphas_cumprod().float()
-    once = logic_sampling.plan_alphas_cumprod(plan, host_abar)
-    assert once.dtype == torch.float32
-    assert float(once[-1]) == pytest.approx(4.8973451890853435e-08, rel=1e-6)
-    sigmas = logic_sampling.plan_sigmas(plan, host_abar)
-    assert float(sigmas[-1]) == pytest.approx(4518.76, rel=1e-3)
-
-
 def test_trailing_timesteps_and_sigmas():
     ts = logic_sampling.webui_timesteps("trailing", 20)
     assert int(ts[-1]) == 999 and int(ts[0]) == 49 and bool((ts[1:] > ts[:-1]).all())

@@ -5,8 +5,9 @@ import os
 import pytest
 import yaml
 
-from a1111_extension import logic_sampling, model_files
+from a1111_extension import model_files
 from vpred_core.checkpoints.inspection import sidecar_yaml_path
+from vpred_core.settings import Detected, ModelSamplingSettings, resolve_model_sampling
 
 ckpt_factory = pytest.importorskip("ckpt_factory")
 FAMILY = "sd1"
@@ -23,7 +24,5 @@ def test_write_once_and_detect(tmp_path):
         config = yaml.safe_load(handle)
     assert config["model"]["params"]["parameterization"] == "v"
     assert model_files.write_yaml_if_needed(path) is None
-    plan = logic_sampling.resolve_plan(
-        logic_sampling.ModelSamplingSettings(), detected, True, host_ztsnr=False
-    )
+    plan = resolve_model_sampling(ModelSamplingSettings(), detected, Detected(prediction="eps", ztsnr=False))
     assert plan.prediction == "v" and plan.ztsnr

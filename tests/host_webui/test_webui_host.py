@@ -107,9 +107,8 @@ def test_cfg_hook_with_real_callbacks_and_prompt_parser():
 
 def test_reforge_model_sampling_patch_object():
     ms = _try_import("ldm_patched.modules.model_sampling")
-    from a1111_extension.logic_sampling import Detected, plan_sigmas, resolve_plan
     from a1111_extension.patcher import _reforge_model_sampling
-    from vpred_core.settings import ModelSamplingSettings
+    from vpred_core.settings import Detected, ModelSamplingSettings, resolve_model_sampling
 
     class EpsSampling(ms.ModelSamplingDiscrete, ms.EPS):
         pass
@@ -123,8 +122,9 @@ def test_reforge_model_sampling_patch_object():
     class _Unet:
         model = _Model()
 
-    plan = resolve_plan(ModelSamplingSettings(), Detected(prediction="v", ztsnr=True), True, host_ztsnr=True)
-    obj = _reforge_model_sampling(_Unet(), plan, plan_sigmas(plan))
+    plan = resolve_model_sampling(ModelSamplingSettings(), Detected(prediction="v", ztsnr=True),
+                                  Detected(prediction="eps", ztsnr=True))
+    obj = _reforge_model_sampling(_Unet(), plan, plan.sigmas())
     assert isinstance(obj, ms.V_PREDICTION)
     assert float(obj.sigma_max) == pytest.approx(4518.76, rel=1e-3)
     torch.testing.assert_close(obj.sigmas, host_sampling.sigmas.float(), rtol=1e-4, atol=1e-5)

@@ -84,11 +84,12 @@ def _processing(forge, unet):
 
 
 def _plan_and_settings(args):
-    from a1111_extension.logic_sampling import Detected, resolve_plan
     from a1111_extension.logic_ui import args_to_request
+    from vpred_core.settings import Detected, resolve_model_sampling
 
     request = args_to_request(args)
-    plan = resolve_plan(request.settings.model_sampling, Detected(prediction="v", ztsnr=True), True, False)
+    plan = resolve_model_sampling(request.settings.model_sampling, Detected(prediction="v", ztsnr=True),
+                                  Detected(prediction="eps", ztsnr=False))
     return plan, request.settings
 
 

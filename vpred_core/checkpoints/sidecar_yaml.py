@@ -31,7 +31,8 @@ from .inspection import (
 )
 
 # The repository root's yaml_configs/ (the pack is used from its clone: custom_nodes/ or extensions/).
-TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "yaml_configs")
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TEMPLATE_DIR = os.path.join(REPOSITORY_ROOT, "yaml_configs")
 LDM, SGM = "ldm", "sgm"
 
 # (family, variant) -> (template file, config style)
