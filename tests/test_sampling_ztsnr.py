@@ -77,3 +77,61 @@ def test_heun_needs_first_order_first_step_at_ztsnr():
     raw = run(DemoCase("raw", "v", True, "trailing"), "heun", first_step="sampler")
     fixed = run(DemoCase("fixed", "v", True, "trailing"), "heun")
     assert raw.brightness_spread > 5 * fixed.brightness_spread
+
+
+def _oracle_denoiser(terminal="host_clamp"):
+    from vpred_core.cli.oracle import BRIGHT_CLASS, OracleModel
+    from vpred_core.sampling.denoiser import DiscreteDenoiser
+    from vpred_core.sampling.schedules import ScheduleSpec
+
+    abar = ScheduleSpec(ztsnr=True, terminal=terminal).alphas_cumprod()
+    denoiser = DiscreteDenoiser(OracleModel(abar, "v", shape=(4, 8, 8)), abar, "v")
+    return denoiser, {"cond": torch.full((2,), BRIGHT_CLASS)}
+
+
+def test_ddim_first_step_is_euler_and_keeps_host_step_numbers():
+    """In VE form the DDIM step is the Euler step, so wrapping Euler changes nothing but who takes step 0; the
+    callback numbering stays the host's (0 .. n-1) and the wrapped sampler runs on sigmas[1:]."""
+    from vpred_core.sampling.denoiser import with_ddim_first_step
+    from vpred_core.sampling.prediction import start_sample
+
+    sampling, _ = kdiffusion()
+    denoiser, extra = _oracle_denoiser()
+    sigmas = denoiser.get_sigmas(6)
+    x = start_sample(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), float(sigmas[0]))
+    native, wrapped_steps, inner_sigmas = [], [], []
+
+    def inner(model, x, sigmas, **kw):
+        inner_sigmas.append(sigmas)
+        return sampling.sample_euler(model, x, sigmas, **kw)
+
+    plain = sampling.sample_euler(denoiser, x, sigmas, extra_args=extra, callback=lambda d: native.append(d["i"]))
+    wrapped = with_ddim_first_step(inner)(denoiser, x, sigmas, extra_args=extra,
+                                          callback=lambda d: wrapped_steps.append(d["i"]))
+    torch.testing.assert_close(wrapped, plain, rtol=1e-4, atol=1e-4)
+    assert wrapped_steps == native == list(range(6))
+    assert torch.equal(inner_sigmas[0], sigmas[1:])
+    passthrough = with_ddim_first_step(inner, "sampler")(denoiser, x, sigmas, extra_args=extra)
+    assert torch.equal(inner_sigmas[1], sigmas) and torch.equal(passthrough, plain)
+
+
+def test_exact_terminal_start_holds_z_and_stays_finite():
+    from vpred_core.sampling.denoiser import DiscreteDenoiser, with_ddim_first_step
+    from vpred_core.sampling.prediction import start_sample
+    from vpred_core.sampling.schedules import ScheduleSpec
+
+    sampling, _ = kdiffusion()
+    denoiser, extra = _oracle_denoiser("exact")
+    abar_exact = ScheduleSpec(ztsnr=True, terminal="exact").alphas_cumprod()
+    sigmas = denoiser.get_sigmas(4)
+    assert torch.isinf(sigmas[0])
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    x = start_sample(noise, float(sigmas[0]))
+    assert torch.equal(x, noise)
+    affine_v = DiscreteDenoiser(lambda z, t: 0.5 * z + 0.1, abar_exact, "v")
+    torch.testing.assert_close(affine_v(x, sigmas[0].expand(2)), -(0.5 * noise + 0.1))  # x0 = -v(z, T), z = x
+    out = with_ddim_first_step(sampling.sample_heun)(denoiser, x, sigmas, extra_args=extra)
+    assert bool(torch.isfinite(out).all())
+    eps_denoiser = DiscreteDenoiser(denoiser.inner_model, abar_exact, "eps")
+    with pytest.raises(ValueError, match="cannot be sampled at zero terminal SNR"):
+        eps_denoiser(x, torch.full((2,), float("inf")))

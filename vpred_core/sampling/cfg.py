@@ -122,6 +122,8 @@ def rescale_cfg_denoised(
     x_wide = x.to(dtype)
     ax = torch.where(a == 0, torch.zeros_like(x_wide), a * x_wide)
     k = rescale_factor(ax + b * cond_x0.to(dtype), ax + b * x0_cfg.to(dtype), phi)
+    # eps space at sigma = inf (a = b = 0): eps = (z - alpha x0) / s = z for cond and guided alike, ratio 1.
+    k = torch.where(b == 0, torch.ones_like(k), k)
     shift = torch.where(a == 0, torch.zeros_like(x_wide), (a / b) * (k - 1.0) * x_wide)
     result = (k * x0_cfg.to(dtype) + shift).to(x0_cfg.dtype)
     if window is None:

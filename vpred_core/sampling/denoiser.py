@@ -21,14 +21,13 @@ import torch
 
 from .cfg import SigmaWindow, rescale_cfg_denoised
 from .prediction import (
-    append_dims,
     ddim_step_to,
     denoised_from_model_output,
     eps_from_vp,
-    initial_noise_scale,
-    kdiffusion_scalings,
-    terminal_x0,
+    require_v_at_snr0,
+    start_sample,
     validate_prediction,
+    vp_sample,
 )
 from .schedules import (
     ALREADY_ZTSNR_MAX_ALPHAS_CUMPROD,
@@ -80,18 +79,16 @@ class DiscreteDenoiser(torch.nn.Module):
         return getattr(self.inner_model, "dtype", x.dtype)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:
-        """x0 estimate for VE ``x`` at per-sample ``sigma`` (shape (B,) or scalar)."""
+        """x0 estimate for VE ``x`` at per-sample ``sigma`` (shape (B,) or scalar). The model sees the VP sample
+        c_in x = z; at sigma = inf ``x`` holds z (:func:`vp_sample`) and a v model gives x0 = -v(z, T) (Lin et al.
+        2023 sec. 3.2); an eps model raises ValueError there."""
         sigma64 = torch.as_tensor(sigma, device=x.device).expand(x.shape[0]).to(SCHEDULE_DTYPE)
+        require_v_at_snr0(self.prediction, sigma64)
         out_dtype = torch.promote_types(x.dtype, MIN_OUTPUT_DTYPE)
         x_out = x.to(out_dtype)
-        _, _, c_in = kdiffusion_scalings(sigma64, self.prediction)
-        model_in = (x_out * append_dims(c_in, x.ndim).to(out_dtype)).to(self.model_dtype(x))
+        model_in = vp_sample(x_out, sigma64).to(self.model_dtype(x))
         output = self.inner_model(model_in, self.sigma_to_t(sigma64), **kwargs).to(out_dtype)
         return denoised_from_model_output(x_out, sigma64, output, self.prediction).to(out_dtype)
-
-    def terminal_denoised(self, z: torch.Tensor, **kwargs) -> torch.Tensor:
-        """x0 at exact SNR 0 from the VP sample z (unit-variance noise): x0 = -v(z, T) (Lin et al. 2023 sec. 3.2)."""
-        return terminal_x0(self.inner_model, z, self.sigmas.shape[0] - 1, self.prediction, **kwargs)
 
 
 class GuidedDenoiser(torch.nn.Module):
@@ -115,10 +112,6 @@ class GuidedDenoiser(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.guide(x, sigma, lambda xx, **kw: self.inner(xx, sigma, **kw), **kwargs)
 
-    def terminal_denoised(self, z: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Guided x0 at exact SNR 0 (every rescale space is x-independent there, so z stands in for x)."""
-        sigma = torch.full((z.shape[0],), math.inf, dtype=torch.float64, device=z.device)
-        return self.guide(z, sigma, self.inner.terminal_denoised, **kwargs)
 
 
 FIRST_STEP_IDS = ("auto", "ddim", "sampler")
@@ -134,22 +127,36 @@ def uses_ddim_first_step(sigma_0: float, first_step: str) -> bool:
     return first_step == "ddim" or (first_step == "auto" and sigma_0 >= ZTSNR_SIGMA_THRESHOLD)
 
 
-def first_x0(denoiser, noise: torch.Tensor, sigma_0: float, extra_args: dict) -> torch.Tensor:
-    """x0 estimate at sigma_0 from pure noise: -v(noise, T) at sigma_0 = inf, else D(x_0, sigma_0)."""
-    if not math.isfinite(sigma_0):
-        return denoiser.terminal_denoised(noise, **extra_args)
-    x = noise * initial_noise_scale(sigma_0)
-    return denoiser(x, torch.full((noise.shape[0],), sigma_0, device=noise.device), **extra_args)
+def with_ddim_first_step(sampler_fn, first_step: str = "auto"):
+    """Wrap a k-diffusion style sampler function ``fn(model, x, sigmas, extra_args=None, callback=None,
+    disable=None, **kw)`` (k-diffusion's, ComfyUI's and the webuis' samplers all have this form) so that, when
+    :func:`uses_ddim_first_step`, the step sigmas[0] -> sigmas[1] is the first-order DDIM step (one model call,
+    x0 = D(x, sigma_0); x = x0 + sigma_1 * eps_hat, eps_hat = (z - alpha_0 x0) / s_0) and ``fn`` runs on
+    sigmas[1:]. The step callback sees the host's own numbering (the first step is i = 0, then the sampler's
+    i + 1). ``x`` at sigma_0 = inf holds z (:func:`vp_sample`); nothing is inf or NaN there."""
+    if first_step not in FIRST_STEP_IDS:
+        raise ValueError(f"first_step must be one of {FIRST_STEP_IDS}, got {first_step!r}")
+
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
+        sigma_0 = float(sigmas[0])
+        if len(sigmas) < 2 or not uses_ddim_first_step(sigma_0, first_step):
+            return sampler_fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **kwargs)
+        extra_args = {} if extra_args is None else extra_args
+        x0 = model(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": x0})
+        x = ddim_step_to(x0, eps_from_vp(vp_sample(x, sigma_0), x0, sigma_0), sigmas[1])
+        if len(sigmas) == 2:
+            return x
+        shifted = None if callback is None else (lambda info: callback({**info, "i": info["i"] + 1}))
+        return sampler_fn(model, x, sigmas[1:], extra_args=extra_args, callback=shifted, disable=disable, **kwargs)
+
+    return sample
 
 
 def sample_from_schedule(sampler, denoiser, noise: torch.Tensor, sigmas: torch.Tensor, first_step: str = "auto",
                          **sampler_kwargs) -> torch.Tensor:
-    """Run ``sampler(denoiser, x, sigmas, **kw)`` from unit-variance ``noise`` (see module docstring)."""
-    sigma_0 = float(sigmas[0])
-    if not uses_ddim_first_step(sigma_0, first_step):
-        return sampler(denoiser, noise * initial_noise_scale(sigma_0), sigmas, **sampler_kwargs)
-    x0 = first_x0(denoiser, noise, sigma_0, sampler_kwargs.get("extra_args") or {})
-    if len(sigmas) < 3:
-        return x0
-    x = ddim_step_to(x0, eps_from_vp(noise, x0, sigma_0), sigmas[1])
-    return sampler(denoiser, x, sigmas[1:], **sampler_kwargs)
+    """Run ``sampler(denoiser, x, sigmas, **kw)`` from unit-variance ``noise`` with the terminal-safe first step
+    (see module docstring and :func:`with_ddim_first_step`)."""
+    x = start_sample(noise, float(sigmas[0]))
+    return with_ddim_first_step(sampler, first_step)(denoiser, x, sigmas, **sampler_kwargs)

@@ -96,21 +96,29 @@ def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(t.shape[0], *([1] * (ndim - 1)))
 
 
-def initial_noise_scale(sigma: float, pure_noise: bool = True) -> float:
-    """sqrt(1 + sigma^2) for a start from pure noise (VP z has unit variance, ComfyUI ``max_denoise``), else sigma."""
-    return math.sqrt(1.0 + sigma * sigma) if pure_noise else sigma
+def vp_sample(x: torch.Tensor, sigma) -> torch.Tensor:
+    """The VP sample z = alpha * x of a VE sample x at per-sample ``sigma``.
+
+    Convention for a start at exact SNR 0 (sigma = inf, where the VE x is infinite): there ``x`` holds z itself,
+    unit-variance noise, and is returned unchanged. Every sampler entry point of the core follows it."""
+    sigma = append_dims(torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0]), x.ndim)
+    alpha = alpha_from_sigma(sigma)
+    return torch.where(torch.isinf(sigma), x, (alpha * x).to(x.dtype))
 
 
-def terminal_x0(model, z: torch.Tensor, terminal_t: int, prediction: str, **kwargs) -> torch.Tensor:
-    """x0 = -v(z, T) at SNR 0 (alpha = 0, s = 1); ValueError for eps models (x0 = (z - eps)/0)."""
-    if prediction != "v":
+def start_sample(noise: torch.Tensor, sigma_0: float) -> torch.Tensor:
+    """The VE sample a sampler starts from at ``sigma_0`` for unit-variance ``noise``: noise * sqrt(1 + sigma_0^2)
+    (the VP z is the noise itself; ComfyUI ``max_denoise``); at sigma_0 = inf the noise (z, see :func:`vp_sample`)."""
+    return noise if math.isinf(sigma_0) else noise * math.sqrt(1.0 + sigma_0 * sigma_0)
+
+
+def require_v_at_snr0(prediction: str, sigma: torch.Tensor) -> None:
+    """ValueError for a non-v model asked for x0 at sigma = inf: x0 = (z - s*eps)/alpha divides by alpha = 0."""
+    if prediction != "v" and bool(torch.isinf(torch.as_tensor(sigma)).any()):
         raise ValueError(
             f"a {prediction!r}-prediction model cannot be sampled at zero terminal SNR: x0 = (z - s*eps)/alpha "
             "divides by alpha = 0; use v-prediction or a clamped terminal ('host_clamp')"
         )
-    t = torch.full((z.shape[0],), terminal_t, dtype=torch.float64, device=z.device)
-    v = model(z.to(getattr(model, "dtype", z.dtype)), t, **kwargs).to(z.dtype)
-    return -v
 
 
 def eps_from_vp(z: torch.Tensor, x0: torch.Tensor, sigma) -> torch.Tensor:
