@@ -135,3 +135,29 @@ def test_exact_terminal_start_holds_z_and_stays_finite():
     eps_denoiser = DiscreteDenoiser(denoiser.inner_model, abar_exact, "eps")
     with pytest.raises(ValueError, match="cannot be sampled at zero terminal SNR"):
         eps_denoiser(x, torch.full((2,), float("inf")))
+
+
+def test_exact_terminal_first_step_from_a_clamped_sigma_max():
+    """Hosts whose sigma lists cannot hold inf keep sigma_max 4518.76; with exact_terminal the first step is taken
+    as at SNR 0: x0 = -v(z, T) recovered from D, eps_hat = z (not the clamped alpha_T = 2.2e-4 mixture)."""
+    from vpred_core.sampling.denoiser import DiscreteDenoiser, with_ddim_first_step
+    from vpred_core.sampling.prediction import start_sample, vp_sample
+    from vpred_core.sampling.schedules import ScheduleSpec
+
+    affine_v = DiscreteDenoiser(lambda z, t: 0.5 * z + 0.1, ScheduleSpec(ztsnr=True).alphas_cumprod(), "v")
+    sigmas = affine_v.get_sigmas(4)
+    x = start_sample(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)), float(sigmas[0]))
+    seen = {}
+
+    def stop(model, x, sigmas, **kw):
+        seen["x1"] = x
+        return x
+
+    with_ddim_first_step(stop, exact_terminal=True)(affine_v, x, sigmas, callback=lambda d: seen.update(d))
+    z = vp_sample(x, float(sigmas[0]))
+    x0 = -(0.5 * z + 0.1)
+    torch.testing.assert_close(seen["denoised"], x0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen["x1"], x0 + sigmas[1] * z, rtol=1e-5, atol=1e-5)
+    clamped = {}
+    with_ddim_first_step(stop)(affine_v, x, sigmas, callback=lambda d: clamped.update(d))
+    assert not torch.allclose(clamped["denoised"], x0, rtol=0, atol=1e-5)

@@ -15,16 +15,20 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from .cfg import SigmaWindow, rescale_cfg_denoised
 from .prediction import (
+    alpha_from_sigma,
+    append_dims,
     ddim_step_to,
     denoised_from_model_output,
     eps_from_vp,
     require_v_at_snr0,
+    s_from_sigma,
     start_sample,
     validate_prediction,
     vp_sample,
@@ -127,25 +131,44 @@ def uses_ddim_first_step(sigma_0: float, first_step: str) -> bool:
     return first_step == "ddim" or (first_step == "auto" and sigma_0 >= ZTSNR_SIGMA_THRESHOLD)
 
 
-def with_ddim_first_step(sampler_fn, first_step: str = "auto"):
+def exact_terminal_x0(x: torch.Tensor, denoised: torch.Tensor, sigma) -> torch.Tensor:
+    """x0 = -v as at exact SNR 0, from a v model's D(x, sigma) at a clamped terminal sigma (hosts whose sigma
+    lists cannot hold inf): D = alpha^2 x - s v, so -v = (D - alpha^2 x) / s (Salimans & Ho 2022)."""
+    sigma = append_dims(torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0]), x.ndim)
+    alpha2 = (alpha_from_sigma(sigma) ** 2).to(x.dtype)
+    s = s_from_sigma(sigma).to(x.dtype)
+    return torch.where(torch.isinf(sigma), denoised, (denoised - alpha2 * x) / s)
+
+
+def with_ddim_first_step(sampler_fn, first_step: str = "auto", exact_terminal: bool = False):
     """Wrap a k-diffusion style sampler function ``fn(model, x, sigmas, extra_args=None, callback=None,
     disable=None, **kw)`` (k-diffusion's, ComfyUI's and the webuis' samplers all have this form) so that, when
     :func:`uses_ddim_first_step`, the step sigmas[0] -> sigmas[1] is the first-order DDIM step (one model call,
     x0 = D(x, sigma_0); x = x0 + sigma_1 * eps_hat, eps_hat = (z - alpha_0 x0) / s_0) and ``fn`` runs on
     sigmas[1:]. The step callback sees the host's own numbering (the first step is i = 0, then the sampler's
-    i + 1). ``x`` at sigma_0 = inf holds z (:func:`vp_sample`); nothing is inf or NaN there."""
+    i + 1). ``x`` at sigma_0 = inf holds z (:func:`vp_sample`); nothing is inf or NaN there.
+
+    ``exact_terminal`` (a v model whose schedule ends at abar_T = 0, sampled from a host's clamped sigma_max):
+    the first step is taken as at SNR 0, x0 = -v (:func:`exact_terminal_x0`) and eps_hat = z.
+    The wrapper reports the wrapped function's signature (hosts inspect it for optional parameters)."""
     if first_step not in FIRST_STEP_IDS:
         raise ValueError(f"first_step must be one of {FIRST_STEP_IDS}, got {first_step!r}")
 
+    @functools.wraps(sampler_fn)
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
         sigma_0 = float(sigmas[0])
         if len(sigmas) < 2 or not uses_ddim_first_step(sigma_0, first_step):
             return sampler_fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **kwargs)
         extra_args = {} if extra_args is None else extra_args
         x0 = model(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
+        z = vp_sample(x, sigma_0)
+        if exact_terminal:
+            x0, eps_hat = exact_terminal_x0(x, x0, sigma_0), z
+        else:
+            eps_hat = eps_from_vp(z, x0, sigma_0)
         if callback is not None:
             callback({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": x0})
-        x = ddim_step_to(x0, eps_from_vp(vp_sample(x, sigma_0), x0, sigma_0), sigmas[1])
+        x = ddim_step_to(x0, eps_hat, sigmas[1])
         if len(sigmas) == 2:
             return x
         shifted = None if callback is None else (lambda info: callback({**info, "i": info["i"] + 1}))
