@@ -1,7 +1,10 @@
 """Webui entry point: the webui loads only ``<extension>/scripts/*.py`` (with the extension root on sys.path while
-loading). This loads ``a1111_extension`` under a private package name (``a1111_extension`` is a generic name other
-extensions could use too) and exposes the Script class. Outside a webui it defines nothing and logs why."""
+loading). This registers the repository under ONE private package name, ``vpred_ztsnr_toolkit`` (its folders become
+``vpred_ztsnr_toolkit.vpred_core`` and ``vpred_ztsnr_toolkit.a1111_extension``; the ComfyUI entry ``__init__.py`` is
+not run), so no generic top-level name (``nodes``, ``tests``, ``vpred_core``...) is exposed to other extensions and
+sys.path is left as the webui set it. Outside a webui it defines nothing and logs why."""
 
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -9,22 +12,17 @@ import sys
 
 logger = logging.getLogger(__name__)
 EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGE_DIR = os.path.join(EXTENSION_ROOT, "a1111_extension")
-PACKAGE_NAME = "vpred_ztsnr_webui"
+PACKAGE_NAME = "vpred_ztsnr_toolkit"
 
 
-def load_package():
-    """The ``a1111_extension`` package as ``vpred_ztsnr_webui`` (loaded once per process)."""
-    if PACKAGE_NAME in sys.modules:
-        return sys.modules[PACKAGE_NAME]
-    if EXTENSION_ROOT not in sys.path:
-        sys.path.append(EXTENSION_ROOT)  # vpred_core must stay importable after the loader restores sys.path
-    spec = importlib.util.spec_from_file_location(
-        PACKAGE_NAME, os.path.join(PACKAGE_DIR, "__init__.py"), submodule_search_locations=[PACKAGE_DIR]
-    )
+def load_package(name: str = PACKAGE_NAME, root: str = EXTENSION_ROOT):
+    """The repository as package ``name`` (a namespace package over ``root``; loaded once per process)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [root]
     package = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE_NAME] = package
-    spec.loader.exec_module(package)
+    sys.modules[name] = package
     return package
 
 
@@ -39,10 +37,14 @@ def in_webui() -> bool:
 
 
 if in_webui():
-    load_package()
-    from vpred_ztsnr_webui.entry import register
-    from vpred_ztsnr_webui.script import VPredScript  # noqa: F401  (found by the webui's script loader)
+    from modules import scripts
 
-    register()
+    load_package()
+    _request = importlib.import_module(f"{PACKAGE_NAME}.a1111_extension.request")
+    _request.register_callbacks()
+
+    class VPredScript(_request.VPredHooks, scripts.Script):
+        """The always-visible Script (found by the webui's script loader); the hooks live in the request module."""
+
 else:
     logger.info("V-Pred: not running inside a webui (no modules.scripts); the webui extension is inactive")

@@ -42,16 +42,27 @@ def should_zero_uncond(text: str | None, mode: str) -> bool:
     return validate_uncond_mode(mode) == "zero" and is_empty_negative(text)
 
 
-def zero_cross_attention(context: torch.Tensor) -> torch.Tensor:
-    """torch.zeros_like(context): ConditioningZeroOut for the cross-attention tensor."""
-    return torch.zeros_like(context)
+def _zero_rows(tensor: torch.Tensor, rows: torch.Tensor | None, upto: int | None = None) -> torch.Tensor:
+    out = tensor.clone()
+    view = out[..., :upto] if upto is not None else out
+    if rows is None:
+        view.zero_()
+    else:
+        view[rows.to(device=tensor.device, dtype=torch.bool)] = 0
+    return out
 
 
-def zero_sdxl_vector(vector: torch.Tensor, pooled_dim: int = SDXL_POOLED_DIM) -> torch.Tensor:
-    """Copy of an SDXL ``vector`` (B, 1280 + 6*256) with the pooled CLIP-G dims [..., :1280] zeroed and the
-    size/crop/target-size embeddings kept (what webuis do for an empty SDXL negative)."""
+def zero_cross_attention(context: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy of the cross-attention tensor with every batch row (or the rows flagged in the boolean ``rows``)
+    zeroed: ConditioningZeroOut for the cross-attention."""
+    return _zero_rows(context, rows)
+
+
+def zero_sdxl_vector(vector: torch.Tensor, pooled_dim: int = SDXL_POOLED_DIM,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy of an SDXL ``vector`` (B, 1280 + 6*256) with the pooled CLIP-G dims [..., :1280] zeroed (in every row,
+    or the rows flagged in ``rows``) and the size/crop/target-size embeddings kept (what webuis do for an empty SDXL
+    negative)."""
     if vector.shape[-1] < pooled_dim:
         raise ValueError(f"SDXL vector has {vector.shape[-1]} dims, fewer than the {pooled_dim} pooled dims")
-    out = vector.clone()
-    out[..., :pooled_dim] = 0
-    return out
+    return _zero_rows(vector, rows, pooled_dim)
