@@ -45,7 +45,7 @@ def test_loader_finds_script_and_registers_callbacks(loaded_script):
     script = data.script_class()
     assert script.show(False) is scripts.AlwaysVisible and script.title()
     names = {c.callback.__module__ for c in callbacks.callback_map["callbacks_model_loaded"]}
-    assert "vpred_ztsnr_webui.yaml_auto" in names
+    assert "vpred_ztsnr_toolkit.a1111_extension.checkpoints" in names
 
 
 def test_xyz_axes_added_to_builtin_grid(loaded_script):

@@ -88,7 +88,7 @@ def tiny_ldm_model(tmp_path, name: str = "tiny_v", markers=("v_pred", "ztsnr")):
     omegaconf = host_import("omegaconf")
     ldm_util = host_import("ldm.util")
     sd_models = host_import("modules.sd_models")
-    from vpred_ztsnr_webui.model_files import write_yaml_if_needed
+    from vpred_ztsnr_toolkit.a1111_extension.checkpoints import write_yaml_if_needed
 
     checkpoint = str(tmp_path / f"{name}.safetensors")
     ckpt_factory.build_checkpoint(checkpoint, "sd1", markers=markers)
