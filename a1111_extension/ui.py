@@ -58,69 +58,60 @@ INFO_ONLY_KEYS = (DETECTION_KEY, ERROR_KEY)
 
 
 @dataclass(frozen=True)
-class Arg:
-    """One accordion input: name (API dict key, XYZ/infotext mapping), default, label and choices (radios)."""
+class Setting:
+    """One accordion input or webui option: name (API dict key, XYZ mapping; the option id adds the prefix),
+    default, label and choices (radios)."""
 
     name: str
     default: object
     label: str
     choices: tuple = ()
 
+    @property
+    def option_id(self) -> str:
+        return OPTION_PREFIX + self.name
+
 
 # The order the webui passes the values to the Script (and API positional args); new inputs are appended.
 ARGS = (
-    Arg("enabled", True, "Enable"),
-    Arg("prediction", AUTO, "Prediction", PREDICTION_SETTING_IDS),
-    Arg("ztsnr", AUTO, "Zero terminal SNR", ZTSNR_SETTING_IDS),
-    Arg("beta_end", AUTO_BETA, "beta_end (linear end; 0 = auto)"),
-    Arg("spacing", AUTO, "Timestep spacing (auto = trailing where v / ZTSNR is applied)", WEBUI_SPACING_IDS),
-    Arg("phi", 0.0, "CFG rescale phi (0 = off)"),
-    Arg("space", "v", "Rescale space", RESCALE_SPACE_IDS),
-    Arg("sigma_high", NO_SIGMA_LIMIT, "Rescale window: sigma high (0 = no limit)"),
-    Arg("sigma_low", 0.0, "Rescale window: sigma low"),
-    Arg("uncond", "host_default", "Empty negative prompt", UNCOND_MODE_IDS),
-    Arg("terminal", "host_clamp", "ZTSNR terminal (exact = abar_T 0, first step x0 = -v)", TERMINAL_IDS),
-    Arg("first_step", AUTO, "First step from SNR 0 (auto = DDIM step when the schedule starts there)",
+    Setting("enabled", True, "Enable"),
+    Setting("prediction", AUTO, "Prediction", PREDICTION_SETTING_IDS),
+    Setting("ztsnr", AUTO, "Zero terminal SNR", ZTSNR_SETTING_IDS),
+    Setting("beta_end", AUTO_BETA, "beta_end (linear end; 0 = auto)"),
+    Setting("spacing", AUTO, "Timestep spacing (auto = trailing where v / ZTSNR is applied)", WEBUI_SPACING_IDS),
+    Setting("phi", 0.0, "CFG rescale phi (0 = off)"),
+    Setting("space", "v", "Rescale space", RESCALE_SPACE_IDS),
+    Setting("sigma_high", NO_SIGMA_LIMIT, "Rescale window: sigma high (0 = no limit)"),
+    Setting("sigma_low", 0.0, "Rescale window: sigma low"),
+    Setting("uncond", "host_default", "Empty negative prompt", UNCOND_MODE_IDS),
+    Setting("terminal", "host_clamp", "ZTSNR terminal (exact = abar_T 0, first step x0 = -v)", TERMINAL_IDS),
+    Setting("first_step", AUTO, "First step from SNR 0 (auto = DDIM step when the schedule starts there)",
         FIRST_STEP_IDS),
-    Arg("beta_schedule", AUTO, "Beta schedule (auto = detected, else the webui's)", BETA_SCHEDULE_CHOICES),
-    Arg("linear_start", AUTO_BETA, "linear_start (0 = SD default 0.00085)"),
+    Setting("beta_schedule", AUTO, "Beta schedule (auto = detected, else the webui's)", BETA_SCHEDULE_CHOICES),
+    Setting("linear_start", AUTO_BETA, "linear_start (0 = SD default 0.00085)"),
 )
 ARG_NAMES = tuple(arg.name for arg in ARGS)
 ARG_DEFAULTS = {arg.name: arg.default for arg in ARGS}
 LEGACY_TRAILING_FLAG = {True: TRAILING, False: HOST}  # before 0.2 slot 4 was a "trailing" checkbox
 
 
-@dataclass(frozen=True)
-class OptionSpec:
-    """One webui setting of the pack: key (arg name), default, label, choices."""
-
-    key: str
-    default: object
-    label: str
-    choices: tuple = ()
-
-    @property
-    def option_id(self) -> str:
-        return OPTION_PREFIX + self.key
-
-
 OPTION_SPECS = (
-    OptionSpec("enabled", True, "Enable the V-Pred / ZTSNR accordion by default (it acts only on checkpoints that "
+    Setting("enabled", True, "Enable the V-Pred / ZTSNR accordion by default (it acts only on checkpoints that "
                                 "state v-prediction / ZTSNR, or on what you force)"),
-    OptionSpec("prediction", AUTO, "Default prediction type", PREDICTION_SETTING_IDS),
-    OptionSpec("ztsnr", AUTO, "Default zero terminal SNR", ZTSNR_SETTING_IDS),
-    OptionSpec("spacing", AUTO, "Default timestep spacing", WEBUI_SPACING_IDS),
-    OptionSpec("terminal", "host_clamp", "Default ZTSNR terminal", TERMINAL_IDS),
-    OptionSpec("first_step", AUTO, "Default first step from SNR 0", FIRST_STEP_IDS),
-    OptionSpec("phi", 0.0, "Default CFG rescale phi (0 = off)"),
-    OptionSpec("space", "v", "CFG rescale space (v matches ComfyUI RescaleCFG)", RESCALE_SPACE_IDS),
-    OptionSpec("uncond", "host_default", "Default empty-negative mode", UNCOND_MODE_IDS),
-    OptionSpec("auto_yaml", True, "Write a crafted <checkpoint>.yaml beside v-pred checkpoints that have none (never "
+    Setting("prediction", AUTO, "Default prediction type", PREDICTION_SETTING_IDS),
+    Setting("ztsnr", AUTO, "Default zero terminal SNR", ZTSNR_SETTING_IDS),
+    Setting("spacing", AUTO, "Default timestep spacing", WEBUI_SPACING_IDS),
+    Setting("terminal", "host_clamp", "Default ZTSNR terminal", TERMINAL_IDS),
+    Setting("first_step", AUTO, "Default first step from SNR 0", FIRST_STEP_IDS),
+    Setting("phi", 0.0, "Default CFG rescale phi (0 = off)"),
+    Setting("space", "v", "CFG rescale space (v matches ComfyUI RescaleCFG)", RESCALE_SPACE_IDS),
+    Setting("uncond", "host_default", "Default empty-negative mode", UNCOND_MODE_IDS),
+    Setting("auto_yaml", True, "Write a crafted <checkpoint>.yaml beside v-pred checkpoints that have none (never "
                                   "overwrites); makes a stock webui load them as v-pred"),
-    OptionSpec("probe", True, "Probe the weights of a checkpoint that states no prediction type (a few UNet calls on "
+    Setting("probe", True, "Probe the weights of a checkpoint that states no prediction type (a few UNet calls on "
                               "load, cached per file)"),
 )
-OPTION_DEFAULTS = {spec.key: spec.default for spec in OPTION_SPECS}
+OPTION_DEFAULTS = {spec.name: spec.default for spec in OPTION_SPECS}
 
 
 def defaults_from_options(get_option) -> dict:
