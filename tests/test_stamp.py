@@ -290,18 +290,24 @@ def test_record_before_any_header_byte_is_just_removed(tmp_path):
     assert path.read_bytes()[: len(original)] == original and folder_listing(tmp_path) == ["m.safetensors"]
 
 
-def test_a_corrupt_copy_is_never_published(tmp_path, monkeypatch):
+@pytest.mark.parametrize("hash_data", [True, False], ids=["sha256", "no-sha256"])
+def test_a_corrupt_copy_is_never_published(tmp_path, monkeypatch, hash_data):
+    """A chunk that lands differently on disk (here: one flipped byte) is caught by the read-back comparison, which
+    does not depend on the sha256."""
     path = sdxl_file(tmp_path)
     original = file_sha256(path)
-    real_hash_chunk = stamp_module.hash_chunk
+    real_write = stamp_module.write_exactly
+    calls = []
 
-    def flip_first_byte(handle, offset, size, buffer, digest):
-        real_hash_chunk(handle, offset, size, buffer, digest)
-        digest.update(b"\x01")  # as if a byte read back differed
+    def flip_a_byte(handle, offset, view):
+        calls.append(offset)
+        if len(calls) == 3:
+            view = memoryview(bytes(view[:-1]) + bytes([view[-1] ^ 1]))
+        real_write(handle, offset, view)
 
-    monkeypatch.setattr(stamp_module, "hash_chunk", flip_first_byte)
-    with pytest.raises(StampError, match="differs from the original's"):
-        stamp_file(path, V_ZTSNR)
+    monkeypatch.setattr(stamp_module, "write_exactly", flip_a_byte)
+    with pytest.raises(StampError, match="the copy read back differs from the original"):
+        stamp_file(path, V_ZTSNR, chunk_bytes=SMALL_CHUNK, hash_data=hash_data)
     assert file_sha256(path) == original and folder_listing(tmp_path) == ["m.safetensors"]
 
 

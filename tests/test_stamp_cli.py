@@ -34,8 +34,8 @@ def inspect_json(capsys, path) -> dict:
 
 
 def printed_hashes(out: str) -> tuple[str, str]:
-    before = next(line for line in out.splitlines() if "sha256 before" in line).split()[-1]
-    after = next(line for line in out.splitlines() if "sha256 after" in line).split()[-1]
+    before = next(line for line in out.splitlines() if "sha256 before:" in line).split("before:")[1].split()[0]
+    after = next(line for line in out.splitlines() if "sha256 after:" in line).split("after:")[1].split()[0]
     return before, after
 
 
@@ -44,7 +44,7 @@ def test_stamp_then_inspect_reports_the_new_state(ckpt, capsys):
     code, out = run(capsys, ckpt, *V_ON)
     assert code == EXIT_OK and out.startswith(f"stamped      {ckpt} (file rewritten")
     assert "+ tensor v_pred: F32 [0]" in out and "+ __metadata__ modelspec.prediction_type: 'v-zsnr'" in out
-    assert printed_hashes(out) == (data, data)
+    assert printed_hashes(out) == (data, data) and "(copy read back, equal byte for byte)" in out
     assert "whole-file sha256" in out and "AutoV2" in out
     result = inspect_json(capsys, ckpt)
     assert (result["prediction"], result["ztsnr"], result["conflicts"]) == ("v", True, [])

@@ -237,8 +237,9 @@ def _print_stamp(result: StampResult) -> None:
     for change in result.changes:
         print(f"  {change}")
     if result.old_data_sha256:
+        how = "data region not written" if result.mode == MODE_IN_PLACE else "copy read back, equal byte for byte"
         print(f"  tensor data sha256 before: {result.old_data_sha256}")
-        print(f"  tensor data sha256 after:  {result.new_data_sha256}")
+        print(f"  tensor data sha256 after:  {result.new_data_sha256} ({how})")
     if result.backup_path:
         print(f"  backup: {result.backup_path}")
     for warning in result.warnings:
