@@ -396,6 +396,12 @@ def test_refuses_a_file_safetensors_would_refuse(tmp_path):
     bad.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 16)
     with pytest.raises(StampError, match="tensor 'a' spans 12 bytes, its dtype and shape need 16"):
         stamp_file(bad, V_ZTSNR)
+    raw = (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+           b'"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}')
+    gap = tmp_path / "gap2.safetensors"
+    gap.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 12)
+    with pytest.raises(StampError, match="tensor 'b' starts at 8, expected 4"):
+        stamp_file(gap, V_ZTSNR)
 
 
 def test_refuses_to_drop_a_marker_that_holds_data(tmp_path):
