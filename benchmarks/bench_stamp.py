@@ -8,7 +8,8 @@ Files are created in a temporary folder under ``--dir`` (default: the system tem
   into a new file by ``python -m vpred_core stamp --out`` (copy, read-back comparison, sha256 of the data region,
   fsync), and by the library with ``hash_data=False`` (the same without the sha256). Each is timed with a warm page
   cache (source read once before) and a cold one (source evicted with ``posix_fadvise(DONTNEED)`` after a sync).
-  Ratio = cp time / stamp time (>= 1: as fast). Target >= 0.8x.
+  Ratio = cp time / stamp time (>= 1: as fast). Target >= 0.8x. For scale, the time of the sha256 of the data region
+  alone (the floor of anything that prints that hash) is measured the same way.
 - Peak RSS: ``ru_maxrss`` of the ``python -m vpred_core stamp`` process (``os.wait4``) on a ``--sparse-gib`` sparse
   checkpoint, for a rewrite and for an in-place stamp, next to a bare interpreter importing the CLI. Target <= 64 MB.
 """
@@ -44,6 +45,14 @@ from vpred_core.checkpoints.stamp import StampRequest, stamp_file
 stamp_file(sys.argv[1], StampRequest("v", True), out=sys.argv[2], hash_data=False)
 """
 IMPORT_ONLY_SCRIPT = "import vpred_core.cli.main"
+HASH_ONLY_SCRIPT = """
+import hashlib, sys
+with open(sys.argv[1], "rb", buffering=0) as handle:
+    handle.seek(8 + int.from_bytes(handle.read(8), "little"))
+    digest, buffer = hashlib.sha256(), bytearray(1 << 20)
+    while count := handle.readinto(buffer):
+        digest.update(memoryview(buffer)[:count])
+"""
 
 
 def checkpoint_of_size(path: Path, size: int) -> Path:
@@ -113,6 +122,7 @@ def copy_commands(src: Path, dst: Path) -> dict[str, list[str]]:
         "stamp (CLI: check + sha256 + fsync)": [sys.executable, "-m", "vpred_core", "stamp", str(src), *STAMP_ARGS,
                                           "--out", str(dst)],
         "stamp without sha256 (check + fsync)": [sys.executable, "-c", NO_HASH_SCRIPT, str(src), str(dst)],
+        "sha256 of the data region alone": [sys.executable, "-c", HASH_ONLY_SCRIPT, str(src), str(dst)],
     }
 
 
@@ -129,7 +139,7 @@ def bench_throughput(folder: Path, gib: float, repeat: int) -> None:
             for _ in range(repeat):
                 prepare(src)
                 best = min(best, timed_child(argv)[0])
-                dst.unlink()
+                dst.unlink(missing_ok=True)
                 os.sync()
             times[name] = best
         print(f"  page cache {cache}:")
