@@ -251,7 +251,8 @@ def stamp_file(
     """Stamp ``path`` as ``request`` says; StampError names the file and the problem (the original is then intact).
 
     ``out`` writes a new file instead (never overwriting one); ``backup`` keeps the original as ``<file>.bak``;
-    ``dry_run`` only plans. ``hash_data=False`` skips the data-region hashes (benchmarks only)."""
+    ``dry_run`` only plans. ``hash_data=False`` skips the sha256 of the data region (benchmarks; a copy is still
+    read back and compared)."""
     path = os.fspath(path)
     recovered = None if dry_run else recover_interrupted_stamp(path)
     plan = plan_stamp(path, request, out=out, backup=backup)
