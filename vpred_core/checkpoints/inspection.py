@@ -3,8 +3,8 @@
 Entry point: :func:`inspect_checkpoint`. One reader per source turns what it finds into :class:`Claim` s ("field F
 has value X according to source S"); the claims are resolved with :data:`SOURCE_PRECEDENCE` (highest first):
 override file > state-dict marker keys > ``modelspec.prediction_type`` > kohya ``ss_*`` > ComfyUI
-``modelspec.predict_key`` > sidecar ``<checkpoint>.yaml`` > defaults. Every lower source that disagrees with the
-winner is reported in ``conflicts`` and ``warnings``.
+``modelspec.predict_key`` > the toolkit's ``vpred_toolkit.linear_end`` > sidecar ``<checkpoint>.yaml`` > defaults.
+Every lower source that disagrees with the winner is reported in ``conflicts`` and ``warnings``.
 
 The sidecar YAML is read safely (bounded size, ``yaml`` safe loader). No webui YAML field expresses zero terminal
 SNR, so the toolkit's own generated files carry a top-level ``vpred_toolkit:`` record (see ``yaml_configs/README.md``),
@@ -23,6 +23,16 @@ import yaml
 
 from ..sampling.schedules import NUM_TRAIN_TIMESTEPS, SD_LINEAR_END, SD_LINEAR_START
 from .architecture import Architecture, detect_architecture
+from .host_keys import (
+    KOHYA_V_PARAM,
+    KOHYA_ZTSNR,
+    MARKER_V_PRED,
+    MARKER_ZTSNR,
+    MODELSPEC_PREDICT_KEY,
+    MODELSPEC_PREDICTION_TYPE,
+    TOOLKIT_LINEAR_END,
+    sidecar_yaml_path,
+)
 from .safetensors_header import HeaderError, read_header
 from .torch_pickle import PickleListingError, list_torch_checkpoint
 
@@ -204,18 +214,16 @@ SRC_KEYS = "state_dict_keys"
 SRC_MODELSPEC = "modelspec.prediction_type"
 SRC_KOHYA = "kohya_metadata"
 SRC_PREDICT_KEY = "modelspec.predict_key"
+SRC_TOOLKIT_METADATA = "toolkit_metadata"  # vpred_toolkit.* metadata written by ``stamp --beta-end``
 SRC_YAML = "sidecar_yaml"
 SRC_DEFAULT = "default"
 SRC_NONE = "none"  # no source states the field (no default either)
 UNSTATED_SOURCES = (SRC_DEFAULT, SRC_NONE)
 # Highest first. Explicit user intent, then what the weights carry (marker keys, then metadata written by
 # trainers, then ComfyUI's save-time note), then the sidecar YAML (a derived, often copied, file), then defaults.
-SOURCE_PRECEDENCE = (SRC_OVERRIDE, SRC_KEYS, SRC_MODELSPEC, SRC_KOHYA, SRC_PREDICT_KEY, SRC_YAML, SRC_DEFAULT)
+SOURCE_PRECEDENCE = (SRC_OVERRIDE, SRC_KEYS, SRC_MODELSPEC, SRC_KOHYA, SRC_PREDICT_KEY, SRC_TOOLKIT_METADATA,
+                     SRC_YAML, SRC_DEFAULT)
 
-MARKER_V_PRED = "v_pred"
-MARKER_ZTSNR = "ztsnr"
-KOHYA_V_PARAM = "ss_v_parameterization"
-KOHYA_ZTSNR = "ss_zero_terminal_snr"
 VSCALING_SUFFIX = ".VScaling"
 EPSSCALING_SUFFIX = ".EpsScaling"
 # ldm's make_beta_schedule names -> our BETA_SCHEDULE_IDS ("linear" in ldm is sqrt-linear squared).
@@ -242,10 +250,11 @@ def claims_from_keys(has_key) -> list[Claim]:
 
 
 def claims_from_metadata(meta: dict[str, str]) -> tuple[list[Claim], list[str]]:
-    """``modelspec.prediction_type``, kohya ``ss_*`` and ComfyUI ``modelspec.predict_key``; returns warnings too."""
+    """``modelspec.prediction_type``, kohya ``ss_*``, ComfyUI ``modelspec.predict_key`` and the toolkit's
+    ``vpred_toolkit.linear_end``; returns warnings too."""
     claims: list[Claim] = []
     warnings: list[str] = []
-    for key, source in ((SRC_MODELSPEC, SRC_MODELSPEC), (SRC_PREDICT_KEY, SRC_PREDICT_KEY)):
+    for key, source in ((MODELSPEC_PREDICTION_TYPE, SRC_MODELSPEC), (MODELSPEC_PREDICT_KEY, SRC_PREDICT_KEY)):
         if key in meta:
             _prediction_claim(claims, warnings, meta[key], source, f"__metadata__['{key}'] = {meta[key]!r}")
     for key, field_name in ((KOHYA_V_PARAM, "prediction"), (KOHYA_ZTSNR, "ztsnr")):
@@ -259,7 +268,21 @@ def claims_from_metadata(meta: dict[str, str]) -> tuple[list[Claim], list[str]]:
             claims.append(Claim("prediction", "v" if flag else "eps", SRC_KOHYA, detail))
         else:
             claims.append(Claim("ztsnr", flag, SRC_KOHYA, detail))
+    if TOOLKIT_LINEAR_END in meta:
+        _linear_end_claim(claims, warnings, meta[TOOLKIT_LINEAR_END])
     return claims, warnings
+
+
+def _linear_end_claim(claims: list[Claim], warnings: list[str], value: str) -> None:
+    detail = f"__metadata__['{TOOLKIT_LINEAR_END}'] = {value!r}"
+    try:
+        linear_end = float(value)
+    except ValueError:
+        linear_end = math.nan
+    if not 0.0 < linear_end < 1.0:
+        warnings.append(f"ignored {detail}: not a number in (0, 1)")
+        return
+    claims.append(Claim("linear_end", linear_end, SRC_TOOLKIT_METADATA, detail))
 
 
 def _prediction_claim(claims: list[Claim], warnings: list[str], value: str, source: str, detail: str) -> None:
@@ -354,7 +377,6 @@ def _override_claims(path: str, key: str, raw: object, detail: str) -> list[Clai
 
 RECORD_KEY = "vpred_toolkit"
 RECORD_FORMAT = 1
-SIDECAR_SUFFIX = ".yaml"
 MAX_YAML_BYTES = 1_000_000
 PREDICTION_ALIASES = {
     "eps": "eps", "epsilon": "eps", "v": "v", "v_prediction": "v", "v-prediction": "v", "vpred": "v",
@@ -368,11 +390,6 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader
 
 class YamlReadError(ValueError):
     """A YAML file could not be read or is not a mapping."""
-
-
-def sidecar_yaml_path(checkpoint_path: str | os.PathLike) -> str:
-    """``model.safetensors`` -> ``model.yaml`` (the file the webuis look for beside a checkpoint)."""
-    return os.path.splitext(os.fspath(checkpoint_path))[0] + SIDECAR_SUFFIX
 
 
 def load_yaml_mapping(path: str | os.PathLike, max_bytes: int = MAX_YAML_BYTES) -> dict:

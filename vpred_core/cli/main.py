@@ -1,7 +1,11 @@
-"""Command line: ``python -m vpred_core {demo,inspect,write-yaml}``.
+"""Command line: ``python -m vpred_core {demo,inspect,write-yaml,stamp}``.
 
 Exit codes of the file commands: 0 = done (inspected / written or would be written), 1 = at least one error,
-3 = nothing to do (no checkpoint found, or every YAML already exists / was skipped). 2 is argparse's usage error.
+3 = nothing to do (no checkpoint found, every YAML already exists / was skipped, every file already stamped as
+asked). 2 is argparse's usage error.
+
+Modules that import torch (inspection, YAML, demo) are imported by the commands that use them, so that ``stamp``
+runs in a few tens of MB.
 """
 
 from __future__ import annotations
@@ -14,15 +18,13 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..checkpoints.inspection import (
-    CHECKPOINT_SUFFIXES,
-    STATUS_ERROR,
-    InspectionResult,
-    inspect_checkpoint,
-    load_override,
-)
-from ..checkpoints.sidecar_yaml import WOULD_WRITE, WRITTEN, write_yaml_for_checkpoint
+from ..checkpoints.host_keys import sidecar_yaml_path
+from ..checkpoints.stamp import MODE_IN_PLACE, MODE_NEW_FILE, StampError, StampRequest, StampResult, stamp_file
+
+if TYPE_CHECKING:
+    from ..checkpoints.inspection import InspectionResult
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     register_demo(subparsers)
     register_files(subparsers)
+    register_stamp(subparsers)
     return parser
 
 
@@ -72,6 +75,8 @@ def _common(parser) -> None:
 
 def collect(paths: list[str], recursive: bool) -> tuple[list[str], list[str], bool]:
     """(checkpoint files, error messages, whether any folder was scanned)."""
+    from ..checkpoints.inspection import CHECKPOINT_SUFFIXES
+
     files, errors, scanned = [], [], False
     for path in paths:
         if os.path.isdir(path):
@@ -88,6 +93,8 @@ def collect(paths: list[str], recursive: bool) -> tuple[list[str], list[str], bo
 
 
 def _prepare(args) -> tuple[list[str], list[str], bool] | int:
+    from ..checkpoints.inspection import load_override
+
     if args.override is not None:
         try:
             load_override(args.override)
@@ -112,6 +119,8 @@ def _map_files(args, action) -> tuple[list, list[str]] | int:
 
 
 def run_inspect(args) -> int:
+    from ..checkpoints.inspection import STATUS_ERROR, inspect_checkpoint
+
     mapped = _map_files(args, lambda path: inspect_checkpoint(path, args.override))
     if isinstance(mapped, int):
         return mapped
@@ -145,6 +154,8 @@ def _print_table(results: list[InspectionResult]) -> None:
 
 
 def run_write_yaml(args) -> int:
+    from ..checkpoints.sidecar_yaml import WOULD_WRITE, WRITTEN, write_yaml_for_checkpoint
+
     mapped = _map_files(args, lambda path: write_yaml_for_checkpoint(
         path, force=args.force, dry_run=args.dry_run, only_vpred=args.only_vpred, override_path=args.override))
     if isinstance(mapped, int):
@@ -161,6 +172,102 @@ def run_write_yaml(args) -> int:
     if errors or any(o.is_error for o in outcomes):
         return EXIT_ERRORS
     return EXIT_OK if any(o.status in (WRITTEN, WOULD_WRITE) for o in outcomes) else EXIT_NOTHING_TO_DO
+
+
+ZTSNR_CHOICES = {"on": True, "off": False}
+HASH_NOTE = ("note: a stamped file has a new whole-file sha256, so Civitai's AutoV2 hash and the webui's model hashes "
+             "no longer match the published ones; the tensor data hash (sha256 after the header) is unchanged")
+
+
+def register_stamp(subparsers) -> None:
+    """Add the ``stamp`` sub-command."""
+    stamp = subparsers.add_parser(
+        "stamp", help="write the v_pred / ztsnr markers and metadata every host reads into .safetensors files")
+    stamp.add_argument("paths", nargs="+", metavar="PATH", help=".safetensors checkpoint files")
+    stamp.add_argument("--prediction", required=True, choices=("v", "eps"), help="what the model predicts")
+    stamp.add_argument("--ztsnr", required=True, choices=tuple(ZTSNR_CHOICES), help="trained with zero terminal SNR")
+    stamp.add_argument("--beta-end", type=float, metavar="X",
+                       help="record a non-default beta_end (linear_end) for this toolkit and write-yaml")
+    stamp.add_argument("--dry-run", action="store_true", help="print the header diff, write nothing")
+    stamp.add_argument("--backup", action="store_true", help="keep the original as <file>.bak (forces a rewrite)")
+    stamp.add_argument("--out", metavar="FILE", help="write a new file (never overwritten) instead of replacing")
+    stamp.set_defaults(handler=run_stamp, usage_error=stamp.error)
+
+
+def run_stamp(args) -> int:
+    request = _stamp_request(args)
+    outcomes = [_stamp_one(path, request, args) for path in args.paths]
+    if any(isinstance(o, StampResult) and o.changed and not o.dry_run for o in outcomes):
+        print(HASH_NOTE)
+    if any(isinstance(o, str) for o in outcomes):
+        return EXIT_ERRORS
+    return EXIT_OK if any(o.changed for o in outcomes) else EXIT_NOTHING_TO_DO
+
+
+def _stamp_request(args) -> StampRequest:
+    if args.out is not None and len(args.paths) != 1:
+        args.usage_error("--out takes exactly one PATH")
+    if args.out is not None and args.backup:
+        args.usage_error("--backup does nothing with --out (the original is not modified)")
+    try:
+        return StampRequest(args.prediction, ZTSNR_CHOICES[args.ztsnr], args.beta_end)
+    except ValueError as exc:
+        args.usage_error(str(exc))
+
+
+def _stamp_one(path: str, request: StampRequest, args) -> StampResult | str:
+    """Stamp one file and print what happened; the error message (already printed) when it failed."""
+    try:
+        result = stamp_file(path, request, out=args.out, backup=args.backup, dry_run=args.dry_run)
+    except StampError as exc:
+        print(f"error: {exc}")
+        return str(exc)
+    _print_stamp(result)
+    warning = _sidecar_warning(path, request)
+    if warning:
+        print(f"  warning: {warning}")
+    return result
+
+
+def _print_stamp(result: StampResult) -> None:
+    status = "unchanged" if not result.changed else "would stamp" if result.dry_run else "stamped"
+    print(f"{status:<12} {result.path} ({_how(result)})")
+    if result.recovered:
+        print(f"  {result.recovered}")
+    for change in result.changes:
+        print(f"  {change}")
+    if result.old_data_sha256:
+        how = "data region not written" if result.mode == MODE_IN_PLACE else "copy read back, equal byte for byte"
+        print(f"  tensor data sha256 before: {result.old_data_sha256}")
+        print(f"  tensor data sha256 after:  {result.new_data_sha256} ({how})")
+    if result.backup_path:
+        print(f"  backup: {result.backup_path}")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+
+
+def _how(result: StampResult) -> str:
+    if not result.changed:
+        return "already states what was asked"
+    if result.mode == MODE_IN_PLACE:
+        return f"in place: only the {result.old_header_size}-byte header is rewritten"
+    where = f"new file {result.written_path}" if result.mode == MODE_NEW_FILE else "file rewritten"
+    return f"{where}: header {result.old_header_size} -> {result.new_header_size} bytes, tensor data copied"
+
+
+def _sidecar_warning(path: str, request: StampRequest) -> str | None:
+    """The webuis read ``<checkpoint>.yaml`` before the markers: say so when it states another prediction."""
+    yaml_path = sidecar_yaml_path(path)
+    if not os.path.isfile(yaml_path):
+        return None
+    from ..checkpoints.inspection import claims_from_yaml
+
+    claims, _ = claims_from_yaml(yaml_path)
+    stated = {claim.value for claim in claims if claim.field == "prediction"}
+    if stated and stated != {request.prediction}:
+        return (f"{yaml_path} states prediction {', '.join(sorted(stated))} and the webuis use it: run "
+                f"'python -m vpred_core write-yaml --force {path}'")
+    return None
 
 
 logger = logging.getLogger(__name__)
