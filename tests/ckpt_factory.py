@@ -9,14 +9,23 @@ Public API (other tests may import it):
 - ``checkpoint_tensors(family, variant="base", layout="ldm", unet_only=False, blocks=0) -> dict``
 - ``build_checkpoint(path, family, variant="base", *, layout="ldm", unet_only=False, markers=(), metadata=None,
   blocks=0) -> Path``
+- ``real_checkpoint_tensors(kind, ema=False) -> dict``: every tensor of a real SD1.5 / SDXL checkpoint
+  (``REAL_KINDS``), from ``data/checkpoint_keys.json.gz`` (see its ``provenance``); ``ema`` adds the EMA copy
+  of the UNet that full SD1.x training checkpoints carry.
+- ``save_torch_checkpoint(path, tensors) -> Path``: the same table as a real ``torch.save`` zip, saved the way
+  Lightning saves (``{"state_dict": module.state_dict(), "global_step", "epoch"}``, with the state dict's
+  ``_metadata``); tensors are stride-0 views, so the file is small while its pickle is full size.
 - ``FAMILIES``, ``VARIANT_IN_CHANNELS``, ``DTYPE_BYTES``
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import math
 import struct
+from collections import OrderedDict
 from pathlib import Path
 
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "U8": 1, "BOOL": 1}
@@ -113,3 +122,46 @@ def build_checkpoint(path: str | Path, family: str, variant: str = "base", *, la
     for marker in markers:
         tensors[marker] = ("F32", [0])
     return write_safetensors(path, tensors, metadata)
+
+
+REAL_TABLES = Path(__file__).parent / "data" / "checkpoint_keys.json.gz"
+REAL_KINDS = ("sd15", "sdxl")
+UNET_PREFIX = "model.diffusion_model."
+EMA_PREFIX = "model_ema."  # ldm's LitEma: the UNet's names without dots, plus decay and num_updates
+
+
+@functools.cache
+def _real_tables() -> dict:
+    with gzip.open(REAL_TABLES, "rt", encoding="utf-8") as handle:
+        return json.load(handle)["tables"]
+
+
+def real_checkpoint_tensors(kind: str, ema: bool = False) -> dict[str, tuple[str, list[int]]]:
+    """Every tensor (name -> (dtype, shape)) of a real ``kind`` checkpoint, in file order."""
+    tensors = {name: (dtype, list(shape)) for name, dtype, shape in _real_tables()[kind]}
+    if ema:
+        for name, spec in list(tensors.items()):
+            if name.startswith(UNET_PREFIX):
+                tensors[EMA_PREFIX + name[len("model."):].replace(".", "")] = spec
+        tensors[EMA_PREFIX + "decay"] = ("F32", [])
+        tensors[EMA_PREFIX + "num_updates"] = ("I64", [])
+    return tensors
+
+
+def save_torch_checkpoint(path: str | Path, tensors: dict[str, tuple[str, list[int]]]) -> Path:
+    """``torch.save`` a Lightning-style checkpoint of ``tensors`` (a real zip checkpoint, small on disk)."""
+    import torch
+
+    dtypes = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+              "I64": torch.int64, "U8": torch.uint8, "BOOL": torch.bool}
+    state: OrderedDict = OrderedDict()
+    for name, (dtype, shape) in tensors.items():
+        zero = torch.zeros((), dtype=dtypes[dtype])
+        state[name] = zero.expand(*shape) if shape else zero
+    modules = {""}
+    for name in tensors:
+        parts = name.split(".")[:-1]
+        modules.update(".".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    state._metadata = OrderedDict((module, {"version": 1}) for module in sorted(modules))  # what state_dict() adds
+    torch.save({"state_dict": state, "global_step": 840_000, "epoch": 5}, path)
+    return Path(path)
