@@ -1,11 +1,12 @@
 """inspect_checkpoint: every source, the precedence between them, conflicts, and files it must refuse."""
 
 import json
+import tracemalloc
 
 import pytest
 from ckpt_factory import build_checkpoint, write_safetensors
 
-from vpred_core.checkpoints.inspection import SOURCE_PRECEDENCE, inspect_checkpoint
+from vpred_core.checkpoints.inspection import MAX_YAML_BYTES, SOURCE_PRECEDENCE, inspect_checkpoint
 from vpred_core.sampling.schedules import SD_LINEAR_END, SD_LINEAR_START
 
 
@@ -85,6 +86,32 @@ def test_broken_sidecar_yaml_is_a_warning(tmp_path):
     assert r.ok and any("sidecar YAML ignored" in w for w in r.warnings)
 
 
+@pytest.mark.parametrize("content, warning", [
+    (b"model:\n  params:\n    linear_start: " + b"9" * 400 + b"\n", None),  # an int no float can hold: ignored
+    (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "sidecar YAML ignored"),
+    (b"a: [" + b"[]," * (MAX_YAML_BYTES // 3) + b"]\n", "MAX_YAML_BYTES"),
+    (b"model: \xff\n", "not valid UTF-8"),
+])
+def test_hostile_sidecar_yaml_is_at_most_a_warning(tmp_path, content, warning):
+    path = _ckpt(tmp_path)
+    (tmp_path / "m.yaml").write_bytes(content)
+    r = inspect_checkpoint(path)
+    assert r.ok and r.linear_start == SD_LINEAR_START
+    assert warning is None or any(warning in w for w in r.warnings), r.warnings
+
+
+def test_worst_sidecar_yaml_within_the_limit_costs_a_fraction_of_the_budget(tmp_path):
+    """A flow list of empty lists, the most expensive YAML per byte, right at MAX_YAML_BYTES: <= 16 MiB (a quarter
+    of the 64 MiB per inspected file, the rest being the checkpoint's)."""
+    path = _ckpt(tmp_path, "sd1")
+    (tmp_path / "m.yaml").write_bytes(b"a: [" + b"[]," * ((MAX_YAML_BYTES - 8) // 3) + b"]\n")
+    tracemalloc.start()
+    result = inspect_checkpoint(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.ok and result.sidecar_yaml and peak <= 16 * 2**20
+
+
 def test_override_wins_over_everything(tmp_path):
     path = _ckpt(tmp_path, markers=("v_pred", "ztsnr"), metadata={"modelspec.prediction_type": "v-zsnr"})
     override = tmp_path / "o.json"
@@ -99,6 +126,7 @@ def test_override_wins_over_everything(tmp_path):
     ("prediction: x0\n", "prediction must be"), ("ztsnr: perhaps\n", "ztsnr must be"),
     ("linear_end: 2\n", "number in (0, 1)"), ("colour: red\n", "unknown override keys"),
     ("- a\n", "not a mapping"), ("beta_schedule: karras\n", "beta_schedule must be"),
+    ("linear_end: " + "9" * 400 + "\n", "number in (0, 1)"),
 ])
 def test_bad_override_raises_with_file_name(tmp_path, content, fragment):
     override = tmp_path / "bad.yaml"
