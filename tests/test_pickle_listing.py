@@ -7,6 +7,7 @@ import random
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 
 import pytest
@@ -241,6 +242,19 @@ def test_pickle_size_and_compression_ratio_are_checked_before_reading(tmp_path):
         rezipped = _zip({name: archive.read(name) for name in archive.namelist()}, zipfile.ZIP_DEFLATED)
     (tmp_path / "re.ckpt").write_bytes(rezipped)
     assert len(list_torch_checkpoint(tmp_path / "re.ckpt")) == len(checkpoint_tensors("sd1"))
+
+
+def test_deflate_bomb_declaring_a_small_size_is_not_inflated(tmp_path):
+    """The directory says 100 bytes, the deflated stream holds 16 MiB: reading stops at the declared size."""
+    data = bytearray(_zip({"a/data.pkl": PROTO2 + b"(}" * 2**23 + b"."}, zipfile.ZIP_DEFLATED))
+    struct.pack_into("<L", data, data.find(b"PK\x01\x02") + 24, 100)  # the central directory's uncompressed size
+    (tmp_path / "bomb.ckpt").write_bytes(bytes(data))
+    tracemalloc.start()
+    with pytest.raises(PickleListingError, match="CRC"):
+        list_torch_checkpoint(tmp_path / "bomb.ckpt")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20
 
 
 def _with_end_record(data: bytes, members: int, directory_size: int) -> bytes:

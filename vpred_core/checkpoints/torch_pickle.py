@@ -178,7 +178,11 @@ def _read_member(path: str, archive: zipfile.ZipFile) -> bytes:
     if ratio > MAX_COMPRESSION_RATIO:
         raise PickleLimitError(path, "MAX_COMPRESSION_RATIO", f"{info.filename} compression ratio", round(ratio),
                                MAX_COMPRESSION_RATIO)
-    return archive.read(info)  # stops at the declared size: a member cannot inflate past file_size
+    with archive.open(info) as member:
+        # A sized read inflates at most that much per step; read() without a size inflates each compressed chunk
+        # whole, whatever the declared size (a 16 KB deflate bomb declaring 100 bytes took 45 MiB). Past the
+        # declared size the CRC check fails.
+        return member.read(info.file_size)
 
 
 def state_dict_of(root: object) -> dict:
