@@ -73,8 +73,9 @@ At 32x32 the same networks score 0.20-0.29 with margins 0.45-0.98 (kappa 4.69 / 
 posterior mean of the synthetic training data at 64x64 (a Wiener filter, what a perfect denoiser of that data does at
 SD size): scores 0.02-0.04, margins 0.62 (eps, runner-up flow) to 1.28 (x0).
 Junk: 12 randomly initialised tiny UNets: best score >= 0.84, margin <= 0.17, R^2 <= 0.045; a zero network: 0.86,
-R^2 0; the identity network: 0.88, margin 0.01, R^2 1.0; a random SD1.5-size UNet (diffusers, 860M): 0.86,
-R^2 0.006; the oracle probed with the default field, which is not like its data: best 0.85-0.89. All ``unknown``.
+R^2 0; the identity network: 0.88, margin 0.01, R^2 1.0; random real-size UNets (diffusers, SD1.5 config, 860M,
+32x32 and 64x64: 0.86-0.87, margin 0.11, R^2 <= 0.006; SDXL config, 2.6B, 32x32: 0.83, margin 0.15, R^2 0.004); the
+oracle probed with the default field, which is not like its data: best 0.85-0.89. All ``unknown``.
 
 Thresholds
 ----------
