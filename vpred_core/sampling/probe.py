@@ -12,7 +12,8 @@ host's dtype and device is exactly what the network receives, ``t`` (B,) float32
 - eps / v / x0 passes: the VP sample z = alpha_t x0 + s_t eps, t in 0..T-1. This is what k-diffusion and ComfyUI feed
   (c_in * x with VE x = z / alpha, c_in = 1 / sqrt(sigma^2 + 1)) and what LDM's / the webuis' ``apply_model`` gets.
 - flow pass: x = (1 - sigma) x0 + sigma eps at t = 1000 sigma (ComfyUI ``CONST`` / ``ModelSamplingDiscreteFlow``,
-  multiplier 1000 as SD3; c_in = 1). ``flow_multiplier`` changes the 1000.
+  multiplier 1000 as SD3; c_in = 1). ``flow_multiplier`` changes the 1000 for the flow pass; the terminal pass
+  (t = T - 1 = 999) reads as sigma ~ 1 for a flow model only with the multiplier 1000.
 
 So hosts pass the network itself: ComfyUI ``model.model.diffusion_model(x, t, context=..., y=...)`` (not
 ``BaseModel.apply_model``, which applies its own c_in and sigma-to-t map), A1111 / Forge / reForge
