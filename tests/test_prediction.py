@@ -12,10 +12,13 @@ from vpred_core.sampling.prediction import (
     denoised_from_model_output,
     eps_from_v,
     eps_from_x0,
+    flow_sample,
     kdiffusion_scalings,
     s_from_sigma,
     v_from_x0_eps,
+    vp_sample,
     x0_from_eps,
+    x0_from_flow,
     x0_from_v,
 )
 from vpred_core.sampling.schedules import ScheduleSpec
@@ -28,12 +31,22 @@ def test_conversions_roundtrip_float64():
     alpha, s = alpha_from_sigma(sigma), s_from_sigma(sigma)
     assert (alpha**2 + s**2).item() == pytest.approx(1.0, abs=1e-15)
     x0, eps = (torch.randn(2, 4, 8, 8, generator=GEN, dtype=torch.float64) for _ in range(2))
-    z = alpha * x0 + s * eps
+    z = vp_sample(x0, eps, alpha, s)
+    torch.testing.assert_close(z, alpha * x0 + s * eps)
     v = v_from_x0_eps(x0, eps, alpha, s)
     assert torch.allclose(x0_from_v(z, v, alpha, s), x0, atol=1e-13)
     assert torch.allclose(eps_from_v(z, v, alpha, s), eps, atol=1e-13)
     assert torch.allclose(x0_from_eps(z, eps, alpha, s), x0, atol=1e-13)
     assert torch.allclose(eps_from_x0(z, x0, alpha, s), eps, atol=1e-13)
+
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.3, 1.0])
+def test_flow_sample_and_x0_from_flow(sigma):
+    x0, eps = (torch.randn(2, 4, 8, 8, generator=GEN, dtype=torch.float64) for _ in range(2))
+    x = flow_sample(x0, eps, sigma)
+    torch.testing.assert_close(x, (1 - sigma) * x0 + sigma * eps)
+    torch.testing.assert_close(x0_from_flow(x, eps - x0, sigma), x0, rtol=0, atol=1e-13)
 
 
 def test_terminal_snr_limits_are_finite():

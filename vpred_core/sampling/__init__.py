@@ -5,4 +5,5 @@
 - :mod:`.cfg`: classifier-free guidance and CFG rescale (Lin et al. Alg. 2) in a named space.
 - :mod:`.denoiser`: k-diffusion compatible denoisers, guidance, terminal-safe first step.
 - :mod:`.uncond`: what an empty negative prompt becomes.
+- :mod:`.probe`: prediction type (eps / v / x0 / rectified flow) and a ZTSNR hint from three network evaluations.
 """

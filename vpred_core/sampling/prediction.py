@@ -43,6 +43,21 @@ def s_from_sigma(sigma) -> torch.Tensor:
     return torch.rsqrt(1.0 + torch.reciprocal(sigma * sigma))
 
 
+def vp_sample(x0: torch.Tensor, eps: torch.Tensor, alpha, s) -> torch.Tensor:
+    """z = alpha * x0 + s * eps, the VP sample a eps/v/x0 network receives (Ho et al. 2020 eq. 4)."""
+    return alpha * x0 + s * eps
+
+
+def flow_sample(x0: torch.Tensor, eps: torch.Tensor, sigma) -> torch.Tensor:
+    """x = (1 - sigma) * x0 + sigma * eps, sigma in [0, 1] (rectified flow, Liu et al. 2022; SD3, Esser et al. 2024)."""
+    return (1 - sigma) * x0 + sigma * eps
+
+
+def x0_from_flow(x: torch.Tensor, u: torch.Tensor, sigma) -> torch.Tensor:
+    """x0 = x - sigma * u for the flow velocity u = eps - x0 (rectified flow; ComfyUI ``CONST`` denoised)."""
+    return x - sigma * u
+
+
 def x0_from_v(z: torch.Tensor, v: torch.Tensor, alpha, s) -> torch.Tensor:
     """x0 = alpha * z - s * v (Salimans & Ho 2022, eq. for v-parameterisation)."""
     return alpha * z - s * v
