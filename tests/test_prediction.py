@@ -16,10 +16,10 @@ from vpred_core.sampling.prediction import (
     kdiffusion_scalings,
     s_from_sigma,
     v_from_x0_eps,
-    vp_sample,
     x0_from_eps,
     x0_from_flow,
     x0_from_v,
+    z_from_x0_eps,
 )
 from vpred_core.sampling.schedules import ScheduleSpec
 
@@ -31,7 +31,7 @@ def test_conversions_roundtrip_float64():
     alpha, s = alpha_from_sigma(sigma), s_from_sigma(sigma)
     assert (alpha**2 + s**2).item() == pytest.approx(1.0, abs=1e-15)
     x0, eps = (torch.randn(2, 4, 8, 8, generator=GEN, dtype=torch.float64) for _ in range(2))
-    z = vp_sample(x0, eps, alpha, s)
+    z = z_from_x0_eps(x0, eps, alpha, s)
     torch.testing.assert_close(z, alpha * x0 + s * eps)
     v = v_from_x0_eps(x0, eps, alpha, s)
     assert torch.allclose(x0_from_v(z, v, alpha, s), x0, atol=1e-13)

@@ -18,7 +18,7 @@ from probe_training import (
 
 from vpred_core.cli.oracle import OracleModel
 from vpred_core.sampling import probe
-from vpred_core.sampling.prediction import flow_sample, vp_sample
+from vpred_core.sampling.prediction import flow_sample, z_from_x0_eps
 from vpred_core.sampling.probe import (
     FLOW_PROBE_SIGMA,
     FLOW_TIMESTEP_MULTIPLIER,
@@ -253,7 +253,7 @@ def test_callable_receives_the_documented_inputs():
     assert result.prediction == "v" and result.calls == len(recorder.calls) == 2
     (x, t), (x_shift, t_shift) = recorder.calls
     alpha, s = vp_scales(PROBE_TIMESTEP)
-    expected = torch.cat([vp_sample(x0, eps, alpha, s), flow_sample(x0, eps, FLOW_PROBE_SIGMA), eps])
+    expected = torch.cat([z_from_x0_eps(x0, eps, alpha, s), flow_sample(x0, eps, FLOW_PROBE_SIGMA), eps])
     torch.testing.assert_close(x, expected)
     assert t.dtype == torch.float32 and t.tolist() == [PROBE_TIMESTEP, 600.0, 999.0]
     torch.testing.assert_close(x_shift, eps + TERMINAL_SHIFT * uniform_direction(eps.shape))

@@ -43,7 +43,7 @@ def s_from_sigma(sigma) -> torch.Tensor:
     return torch.rsqrt(1.0 + torch.reciprocal(sigma * sigma))
 
 
-def vp_sample(x0: torch.Tensor, eps: torch.Tensor, alpha, s) -> torch.Tensor:
+def z_from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, alpha, s) -> torch.Tensor:
     """z = alpha * x0 + s * eps, the VP sample a eps/v/x0 network receives (Ho et al. 2020 eq. 4)."""
     return alpha * x0 + s * eps
 

@@ -114,7 +114,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .prediction import flow_sample, vp_sample, x0_from_eps, x0_from_flow, x0_from_v
+from .prediction import flow_sample, x0_from_eps, x0_from_flow, x0_from_v, z_from_x0_eps
 from .schedules import ScheduleSpec
 
 logger = logging.getLogger(__name__)
@@ -416,7 +416,7 @@ def probe_prediction_type(unet: UnetCallable, channels: int = 4, *, size: tuple[
     abar = (ScheduleSpec().alphas_cumprod() if alphas_cumprod is None
             else torch.as_tensor(alphas_cumprod).detach().to("cpu").to(FIT_DTYPE))
     vp, flow, terminal = probe_passes(abar, flow_multiplier)
-    inputs = torch.cat([vp_sample(x0, eps, vp.signal_scale, vp.noise_scale),
+    inputs = torch.cat([z_from_x0_eps(x0, eps, vp.signal_scale, vp.noise_scale),
                         flow_sample(x0, eps, flow.noise_scale), eps])
     timesteps = torch.tensor([vp.timestep, flow.timestep, terminal.timestep], dtype=FIT_DTYPE)
     flags = _training_flags(unet)
