@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from ..vpred_core.sampling.schedules import ScheduleSpec
 from ..vpred_core.settings import (
     HOST,
@@ -291,6 +293,7 @@ class VPredHooks:
         if state is None:
             return
         settings = state.settings
+        ensure_probed(p.sd_model)
         plan = plan_for(state, p.sd_model)
         installed = installs(state, plan, p.sd_model)
         if not acts(settings, plan, installed):
@@ -337,6 +340,75 @@ def _request_checkpoint(p) -> str | None:
     return checkpoints.checkpoint_filename(p.sd_model)
 
 
+LATENT_CHANNELS = 4
+INPAINT_EXTRA_CHANNELS = 5  # mask + masked-image latent (txt2img with an inpainting model: mask 1, image 0)
+
+
+def diffusion_network(sd_model):
+    """The raw UNet: A1111 ``sd_model.model.diffusion_model``; reForge / Forge the loaded unet patcher's model."""
+    unet = forge.unet_model(sd_model)
+    holder = unet if unet is not None else getattr(sd_model, "model", None)
+    return getattr(holder, "diffusion_model", None)
+
+
+def _empty_prompt_conditioning(sd_model, net):
+    """(context, y) for the probe: the webui's own encoding of "" (as for an empty negative), else zeros of the
+    network's widths (cross-attention width from the first attn2, ADM width from label_emb)."""
+    try:
+        with torch.no_grad():
+            cond = sd_model.get_learned_conditioning([""])
+        if isinstance(cond, dict):
+            return cond["crossattn"], cond.get("vector")
+        return cond, None
+    except Exception as exc:  # noqa: BLE001 - any failure of the host's encoder: probe with zeroed conditioning
+        logger.debug("V-Pred: probe conditioning from zeros (%s)", exc)
+    width = next((m.in_features for name, m in net.named_modules() if name.endswith("attn2.to_k")), None)
+    label = getattr(net, "label_emb", None)
+    adm = next((m.in_features for m in label.modules() if isinstance(m, torch.nn.Linear)), None) if label else None
+    context = torch.zeros(1, 77, width) if width else None
+    return context, (torch.zeros(1, adm) if adm else None)
+
+
+def probe_callable(sd_model):
+    """(unet(x_in, t), channels, dtype, device) for :func:`vpred_core.sampling.probe.probe_prediction_type`: the raw
+    network with the empty-prompt conditioning closed over, extra input channels of inpainting / instruct-pix2pix
+    models appended."""
+    net = diffusion_network(sd_model)
+    parameter = next(net.parameters())
+    dtype, device = parameter.dtype, parameter.device
+    context, y = _empty_prompt_conditioning(sd_model, net)
+    extra = int(getattr(net, "in_channels", LATENT_CHANNELS)) - LATENT_CHANNELS
+
+    def unet(x_in, t):
+        batch = x_in.shape[0]
+        kwargs = {}
+        if context is not None:
+            kwargs["context"] = context.to(device=device, dtype=dtype).expand(batch, *context.shape[1:])
+        if y is not None:
+            kwargs["y"] = y.to(device=device, dtype=dtype).expand(batch, -1)
+        if extra > 0:
+            fill = x_in.new_zeros(batch, extra, *x_in.shape[2:])
+            if extra == INPAINT_EXTRA_CHANNELS:
+                fill[:, 0] = 1.0
+            x_in = torch.cat([x_in, fill], dim=1)
+        return net(x_in, t.to(device), **kwargs)
+
+    return unet, LATENT_CHANNELS, dtype, device
+
+
+def ensure_probed(sd_model) -> None:
+    """Probe the loaded checkpoint's weights when its file states no prediction type (once per file state); a probe
+    that fails is logged and never breaks loading or sampling. Also the ``model_loaded`` callback."""
+    path = checkpoints.checkpoint_filename(sd_model)
+    if not checkpoints.needs_probe(path) or diffusion_network(sd_model) is None:
+        return
+    try:
+        checkpoints.probe_loaded_model(path, *probe_callable(sd_model))
+    except Exception as exc:  # noqa: BLE001 - a foreign network the probe cannot call: report, sample as the host
+        logger.warning("V-Pred: could not probe %s: %s", path, exc)
+        checkpoints.remember_probe(path, checkpoints.ProbeFailure(str(exc)))
+
+
 def register_callbacks() -> None:
     """The extension's webui callbacks; called by ``scripts/vpred_ztsnr.py`` every time the webui loads it (the
     webui clears all callbacks before (re)loading scripts)."""
@@ -344,6 +416,7 @@ def register_callbacks() -> None:
 
     script_callbacks.on_ui_settings(ui.on_ui_settings)
     script_callbacks.on_before_ui(ui.add_xyz_axes)
-    script_callbacks.on_model_loaded(checkpoints.on_model_loaded)
     script_callbacks.on_model_loaded(a1111.on_model_loaded)
+    script_callbacks.on_model_loaded(ensure_probed)
+    script_callbacks.on_model_loaded(checkpoints.on_model_loaded)
     script_callbacks.on_app_started(checkpoints.on_app_started)

@@ -286,8 +286,11 @@ def add_xyz_axes() -> int:
 
 
 def get_option(option_id: str, default):
-    from modules import shared
-
+    """The webui setting ``option_id`` (its default outside a running webui)."""
+    try:
+        from modules import shared
+    except ImportError:
+        return default
     return getattr(shared.opts, option_id, default) if getattr(shared, "opts", None) is not None else default
 
 

@@ -404,3 +404,64 @@ def test_loader_is_inert_without_a_webui_and_leaves_sys_path_alone():
     assert package.__path__ == [str(module.EXTENSION_ROOT)] and sys.path == before
     ui_module = __import__("vpred_ztsnr_toolkit_probe_name.a1111_extension.ui", fromlist=["ui"])
     assert ui_module.TITLE == "V-Pred / ZTSNR" and "modules" not in sys.modules
+
+
+# ---- the weight probe on load
+
+
+class _RawNet(torch.nn.Module):
+    """The webui's raw UNet call (x, t, context=..., y=...) around a probe-test network (x, t)."""
+
+    in_channels = 4
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, t, context=None, y=None):
+        return self.inner(x, t)
+
+
+def test_unmarked_vpred_weights_are_probed_once_and_recorded(tmp_path, monkeypatch):
+    training = pytest.importorskip("probe_training")
+    path = ckpt_factory.build_checkpoint(tmp_path / "unmarked.safetensors", "sd1")
+    model = _model(path)
+    model.model = types.SimpleNamespace(diffusion_model=_RawNet(training.load_model("v")))
+    assert checkpoints.stated(str(path)).prediction is None and checkpoints.needs_probe(str(path))
+    calls = []
+    real = pack("vpred_core.sampling.probe").probe_prediction_type
+    monkeypatch.setattr(pack("vpred_core.sampling.probe"), "probe_prediction_type",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    request.ensure_probed(model)
+    request.ensure_probed(model)  # cached: not probed again
+    assert calls == [1]
+    record = pack("vpred_core.checkpoints.inspection").read_record(str(tmp_path / "unmarked.yaml"))
+    assert record["prediction"] == "v" and record["sources"]["prediction"].startswith("probe")
+    found = checkpoints.stated(str(path))  # the crafted YAML now states it: the next load needs no probe
+    assert found.prediction == "v" and found.source_of("prediction").startswith("sidecar_yaml")
+    assert not checkpoints.needs_probe(str(path))
+    state = _state()
+    plan = request.plan_for(state, model)
+    assert plan.prediction == "v" and request.installs(state, plan, model)
+
+
+def test_probe_result_stands_in_for_an_unstated_prediction(tmp_path):
+    training = pytest.importorskip("probe_training")
+    path = str(ckpt_factory.build_checkpoint(tmp_path / "noyaml.safetensors", "sd1"))
+    result = pack("vpred_core.sampling.probe").probe_prediction_type(training.load_model("v"), 4, size=(32, 32))
+    checkpoints.remember_probe(path, result)
+    found = checkpoints.stated(path)
+    assert found.prediction == "v" and found.source_of("prediction").startswith("probe: prediction v")
+    marked = str(ckpt_factory.build_checkpoint(tmp_path / "eps.safetensors", "sd1",
+                                               metadata={"modelspec.prediction_type": "epsilon"}))
+    checkpoints.remember_probe(marked, result)
+    assert checkpoints.stated(marked).prediction == "eps"  # a file's statement always wins over the probe
+
+
+def test_a_probe_failure_is_cached_and_never_breaks_loading(tmp_path):
+    path = ckpt_factory.build_checkpoint(tmp_path / "odd.safetensors", "sd1")
+    model = _model(path)
+    model.model = types.SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2))  # cannot take a latent
+    request.ensure_probed(model)
+    assert checkpoints.stated(str(path)).prediction is None and not checkpoints.needs_probe(str(path))
+    assert "probe failed" in checkpoints.cached_probe(str(path)).summary()

@@ -199,6 +199,18 @@ class Detected:
                    source="checkpoint", field_sources=sources)
 
 
+PROBE_SOURCE = "probe"
+APPLICABLE_PROBE_PREDICTIONS = ("eps", "v")  # x0 / flow models are reported, never sampled as eps or v
+
+
+def detected_from_probe(result) -> Detected:
+    """What a weight probe (:mod:`vpred_core.sampling.probe`) found, as a stated source: eps / v (x0, flow and unknown
+    state nothing the hosts' discrete samplers could use) and the ZTSNR hint when it was decisive."""
+    if result is None or result.prediction not in APPLICABLE_PROBE_PREDICTIONS:
+        return Detected()
+    return Detected(prediction=result.prediction, ztsnr=result.ztsnr, source=f"{PROBE_SOURCE}: {result.summary()}")
+
+
 def _inspection_source(result, name: str) -> str:
     ref = result.sources.get(name)
     if ref is None:
