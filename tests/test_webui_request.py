@@ -439,6 +439,7 @@ def test_unmarked_vpred_weights_are_probed_once_and_recorded(tmp_path, monkeypat
     assert record["prediction"] == "v" and record["sources"]["prediction"].startswith("probe")
     found = checkpoints.stated(str(path))  # the crafted YAML now states it: the next load needs no probe
     assert found.prediction == "v" and found.source_of("prediction").startswith("sidecar_yaml")
+    assert "recorded from a weight probe" in found.source_of("prediction")  # what `inspect` shows too
     assert not checkpoints.needs_probe(str(path))
     state = _state()
     plan = request.plan_for(state, model)

@@ -297,6 +297,9 @@ def _prediction_claim(claims: list[Claim], warnings: list[str], value: str, sour
         claims.append(Claim("ztsnr", ztsnr, source, detail))
 
 
+PROBE_RECORD_PREFIX = "probe"  # vpred_core.settings.PROBE_SOURCE, as the webui records it in the YAML's sources
+
+
 def claims_from_yaml(path: str | os.PathLike) -> tuple[list[Claim], list[str]]:
     """A webui config beside the checkpoint: parameterization / VScaling, betas, and our ``vpred_toolkit`` record."""
     try:
@@ -321,7 +324,17 @@ def claims_from_yaml(path: str | os.PathLike) -> tuple[list[Claim], list[str]]:
     record = config.get(RECORD_KEY)
     if isinstance(record, dict) and parse_bool(record.get("ztsnr")) is not None:
         claims.append(Claim("ztsnr", parse_bool(record["ztsnr"]), SRC_YAML, f"{where}: {RECORD_KEY}.ztsnr"))
-    return claims, []
+    return [_with_recorded_origin(claim, record) for claim in claims], []
+
+
+def _with_recorded_origin(claim: Claim, record: object) -> Claim:
+    """A claim of a YAML this toolkit wrote from a weight probe says so (its record keeps each field's source), so
+    ``inspect`` shows that a probe result is cached in that file."""
+    sources = _mapping(_mapping(record).get("sources"))
+    origin = sources.get(claim.field)
+    if isinstance(origin, str) and origin.startswith(PROBE_RECORD_PREFIX):
+        return Claim(claim.field, claim.value, claim.source, f"{claim.detail} (recorded from a weight {origin})")
+    return claim
 
 
 def _schedule_claims(claims: list[Claim], params: dict, where: str) -> None:
