@@ -36,12 +36,14 @@ def make_post_cfg_function(phi: float, space: str, start_percent: float = 0.0, e
                            sigma_high: float = SIGMA_UNBOUNDED, sigma_low: float = 0.0):
     """post_cfg_function(args) -> denoised: rescales args["denoised"] in ``space`` with the cond x0's std."""
     validate_phi(phi)
+    everywhere = start_percent <= 0.0 and end_percent >= 1.0 and sigma_high >= SIGMA_UNBOUNDED and sigma_low <= 0.0
 
     def rescale_post_cfg(args):
         guided = args["denoised"]
         if is_cfg_one(args["cond_scale"]):
             return guided
-        window = sigma_window(args["model"].model_sampling, start_percent, end_percent, sigma_high, sigma_low)
+        window = None if everywhere else sigma_window(args["model"].model_sampling, start_percent, end_percent,
+                                                      sigma_high, sigma_low)
         return rescale_cfg_denoised(args["input"], args["sigma"], args["cond_denoised"], guided,
                                     GUIDED_AS_UNCOND_SCALE, phi, space, window)
 

@@ -32,7 +32,8 @@ from .model_sampling import DEFAULT_TERMINAL, apply_model_sampling, settings_fro
 from .trailing_schedule import SCHEDULER_NAME, register_trailing_scheduler, schedule_sigmas
 from .uncond import apply_uncond_mode, negative_conditioning
 
-# Widget ranges (the V1 nodes' values).
+# Outputs carry only a display name (the V1 RETURN_NAMES): ComfyUI before v0.4 rejects an output id equal to an input
+# id ("model" in, "model" out). Widget ranges are the V1 nodes' values.
 MIN_TIMESTEPS = 2
 MAX_TIMESTEPS = 10000
 MIN_BETA = 0.00001
@@ -71,6 +72,14 @@ FIRST_STEP_TOOLTIP = ("How the step from SNR ~0 (a schedule starting at sigma_ma
 MODE_TOOLTIP = ("What an EMPTY negative becomes: zero = zeroed conditioning (ConditioningZeroOut), comma = encode "
                 "',', host_default = encode '' as ComfyUI does. A non-empty negative is always encoded as written.")
 CONDITIONING_TOOLTIP = "The negative (unconditional) conditioning for the sampler."
+LOADER_OUTPUT_TOOLTIPS = (
+    "The diffusion model, with the detected prediction type / ZTSNR / betas applied.",
+    "The CLIP model used for encoding text prompts.",
+    "The VAE model used for encoding and decoding images to and from latent space.",
+    "What was detected (state-dict markers, safetensors metadata, YAML beside the file) and what was applied.",
+)
+SIGMAS_TOOLTIP = ("steps + 1 sigmas ending in 0; with trailing/linspace and denoise 1 the first is exactly the model's "
+                  "sigma_max, so the initial noise is scaled by sqrt(1 + sigma_max^2).")
 
 
 def schema(name: str, display: str, description: str, inputs: list, outputs: list, aliases: tuple = (),
@@ -83,7 +92,7 @@ def schema(name: str, display: str, description: str, inputs: list, outputs: lis
 
 
 def model_output() -> io.Model.Output:
-    return io.Model.Output("model", tooltip=PATCHED_MODEL_TOOLTIP)
+    return io.Model.Output(display_name="model", tooltip=PATCHED_MODEL_TOOLTIP)
 
 
 def first_step_input() -> io.Combo.Input:
@@ -116,13 +125,10 @@ class CheckpointLoader(io.ComfyNode):
                 first_step_input(),
             ],
             outputs=[
-                io.Model.Output("model", tooltip="The diffusion model, with the detected prediction type / ZTSNR / "
-                                "betas applied."),
-                io.Clip.Output("clip", tooltip="The CLIP model used for encoding text prompts."),
-                io.Vae.Output("vae", tooltip="The VAE model used for encoding and decoding images to and from latent "
-                              "space."),
-                io.String.Output("report", tooltip="What was detected (state-dict markers, safetensors metadata, YAML "
-                                 "beside the file) and what was applied."),
+                io.Model.Output(display_name="model", tooltip=LOADER_OUTPUT_TOOLTIPS[0]),
+                io.Clip.Output(display_name="clip", tooltip=LOADER_OUTPUT_TOOLTIPS[1]),
+                io.Vae.Output(display_name="vae", tooltip=LOADER_OUTPUT_TOOLTIPS[2]),
+                io.String.Output(display_name="report", tooltip=LOADER_OUTPUT_TOOLTIPS[3]),
             ],
             aliases=("load checkpoint", "checkpoint loader", "auto configure", "noobai"),
         )
@@ -192,9 +198,7 @@ class TrailingSchedule(io.ComfyNode):
                                tooltip="Fraction of the schedule to run (img2img); keeps the last steps of "
                                "int(steps / denoise) steps, as BasicScheduler does."),
             ],
-            outputs=[io.Sigmas.Output("sigmas", tooltip="steps + 1 sigmas ending in 0; with trailing/linspace and "
-                                      "denoise 1 the first is exactly the model's sigma_max, so the initial noise is "
-                                      "scaled by sqrt(1 + sigma_max^2).")],
+            outputs=[io.Sigmas.Output(display_name="sigmas", tooltip=SIGMAS_TOOLTIP)],
             aliases=("trailing", SCHEDULER_NAME, "timestep spacing", "scheduler", "sigmas"),
         )
 
@@ -259,7 +263,7 @@ class NegativePrompt(io.ComfyNode):
                                 tooltip="Negative prompt; leave empty to use the mode."),
                 io.Combo.Input("mode", options=list(UNCOND_MODE_IDS), default="zero", tooltip=MODE_TOOLTIP),
             ],
-            outputs=[io.Conditioning.Output("negative", tooltip=CONDITIONING_TOOLTIP)],
+            outputs=[io.Conditioning.Output(display_name="negative", tooltip=CONDITIONING_TOOLTIP)],
             aliases=("negative prompt", "uncond", "empty negative", "conditioning zero out", "clip text encode"),
         )
 
@@ -283,7 +287,7 @@ class UncondMode(io.ComfyNode):
                 io.Combo.Input("mode", options=list(UNCOND_MODE_IDS), default="zero", tooltip=MODE_TOOLTIP),
                 io.Clip.Input("clip", optional=True, tooltip="Text encoder, needed only for mode 'comma'."),
             ],
-            outputs=[io.Conditioning.Output("negative", tooltip=CONDITIONING_TOOLTIP)],
+            outputs=[io.Conditioning.Output(display_name="negative", tooltip=CONDITIONING_TOOLTIP)],
             aliases=("uncond", "empty negative", "conditioning zero out", "negative"),
         )
 

@@ -27,6 +27,7 @@ import math
 import torch
 
 from ..vpred_core.sampling.denoiser import ZTSNR_SIGMA_THRESHOLD
+from ..vpred_core.sampling.prediction import append_dims
 from ..vpred_core.sampling.schedules import (
     NUM_TRAIN_TIMESTEPS,
     SD_LINEAR_END,
@@ -150,8 +151,7 @@ def exact_terminal_class():
 
     def at_inf(sigma, like: torch.Tensor):
         """(mask of sigma = inf shaped for ``like``, sigma with inf replaced by 1 for the host's finite formulas)."""
-        shaped = cms.reshape_sigma(sigma, like.ndim)
-        infinite = torch.isposinf(shaped)
+        infinite = torch.isposinf(append_dims(sigma, like.ndim))
         return infinite, torch.where(torch.isposinf(sigma), torch.ones_like(sigma), sigma)
 
     class VPredZTSNRModelSampling_v_exact(cms.ModelSamplingDiscrete, cms.V_PREDICTION):

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from comfy_host_env import host_node
 
 pytestmark = pytest.mark.host
 
@@ -67,18 +68,17 @@ def custom_sample(comfy_nodes, model, sampler_name, advanced: bool):
     the pack's Trailing Schedule SIGMAS; returns (samples, the SAMPLER object)."""
     import oracle_model
 
-    mappings = comfy_nodes.NODE_CLASS_MAPPINGS
-    sampler = mappings["KSamplerSelect"].execute(sampler_name).result[0]
-    sigmas = mappings["VPredZTSNR_TrailingSchedule"].execute(model, STEPS, "trailing", 1.0).result[0]
+    sampler = host_node(comfy_nodes, "KSamplerSelect", sampler_name)[0]
+    sigmas = host_node(comfy_nodes, "VPredZTSNR_TrailingSchedule", model, STEPS, "trailing", 1.0)[0]
     latent = {"samples": torch.zeros(IMAGES, *oracle_model.LATENT_SHAPE)}
     positive, negative = conds()
     if not advanced:
-        out = mappings["SamplerCustom"].execute(model, True, SEED, 1.0, positive, negative, sampler, sigmas,
-                                                latent).result[0]
+        out = host_node(comfy_nodes, "SamplerCustom", model, True, SEED, 1.0, positive, negative, sampler, sigmas,
+                        latent)[0]
         return out["samples"], sampler
-    guider = mappings["CFGGuider"].execute(model, positive, negative, 1.0).result[0]
-    noise = mappings["RandomNoise"].execute(SEED).result[0]
-    out = mappings["SamplerCustomAdvanced"].execute(noise, guider, sampler, sigmas, latent).result[0]
+    guider = host_node(comfy_nodes, "CFGGuider", model, positive, negative, 1.0)[0]
+    noise = host_node(comfy_nodes, "RandomNoise", SEED)[0]
+    out = host_node(comfy_nodes, "SamplerCustomAdvanced", noise, guider, sampler, sigmas, latent)[0]
     return out["samples"], sampler
 
 

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from comfy_host_env import REPO_ROOT
+from comfy_host_env import REPO_ROOT, host_node
 
 pytestmark = pytest.mark.host
 
@@ -208,8 +208,8 @@ def test_trailing_with_more_steps_than_timesteps_runs_like_comfy_schedulers(comf
     trailing = sigmas["vpred_trailing"]
     assert bool((trailing[1:] < trailing[:-1]).all())
     torch.testing.assert_close(trailing, sigmas["normal"], rtol=2e-3, atol=0.0)
-    basic = comfy_nodes.NODE_CLASS_MAPPINGS["BasicScheduler"].execute(model, "vpred_trailing", steps, denoise)
-    assert torch.equal(basic.result[0], trailing)
+    basic = host_node(comfy_nodes, "BasicScheduler", model, "vpred_trailing", steps, denoise)
+    assert torch.equal(basic[0], trailing)
     node = run(comfy_nodes, "TrailingSchedule", model, steps, "trailing", denoise)[0]
     assert torch.equal(node, trailing)
 
@@ -306,7 +306,7 @@ def test_sampling_with_each_node(comfy_nodes, tiny, conds):
         assert out.shape == LATENT_SHAPE and torch.isfinite(out).all()
     sigmas = run(comfy_nodes, "TrailingSchedule", model, STEPS, "trailing", 1.0)[0]
     noise = comfy.sample.prepare_noise(latent["samples"], SEED)
-    sampler = comfy_nodes.NODE_CLASS_MAPPINGS["KSamplerSelect"].execute("dpmpp_2m")[0]
+    sampler = host_node(comfy_nodes, "KSamplerSelect", "dpmpp_2m")[0]
     out = comfy.sample.sample_custom(model, noise, CFG, sampler, sigmas, positive, negative, latent["samples"],
                                      seed=SEED)
     assert torch.isfinite(out).all()
