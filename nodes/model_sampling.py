@@ -161,8 +161,10 @@ def exact_terminal_class():
             return self.sigmas[-2]
 
         def timestep(self, sigma):
-            t = super().timestep(sigma)
-            return torch.where(torch.isposinf(sigma), torch.full_like(t, self.sigmas.shape[0] - 1), t)
+            """T - 1 at inf; the host's nearest-timestep lookup elsewhere (fed a finite sigma, so no inf - inf)."""
+            infinite = torch.isposinf(sigma)
+            t = super().timestep(torch.where(infinite, self.sigmas[-2].to(sigma), sigma))
+            return torch.where(infinite, torch.full_like(t, self.sigmas.shape[0] - 1), t)
 
         def sigma(self, timestep):
             """Log-sigma interpolation (the host's) that takes whole timesteps from the table: inf at t = T - 1,
