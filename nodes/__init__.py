@@ -1,18 +1,9 @@
-"""ComfyUI nodes of the v-pred / ZTSNR pack (V1 node API).
+"""ComfyUI side of the v-pred / ZTSNR pack.
 
-Every node class carries its stable, prefixed ``NODE_ID`` and ``DISPLAY_NAME``; importing this package never
-imports ComfyUI (node code imports ``comfy`` lazily when it runs), so schemas can be inspected without a host.
+- :mod:`.comfy_nodes`: the node classes on ComfyUI's V3 schema (``comfy_api.v0_0_2``) and the extension the root
+  ``comfy_entrypoint`` returns; imported only inside ComfyUI.
+- Host-free glue, importable (and tested) without ComfyUI, which each node's ``execute`` calls; ComfyUI is imported
+  lazily inside functions: :mod:`.model_sampling` (what a MODEL is, the core's resolution, the model_sampling
+  objects incl. the exact terminal), :mod:`.first_step` (the terminal-safe first step as a sampler wrapper),
+  :mod:`.trailing_schedule`, :mod:`.cfg_rescale`, :mod:`.uncond`, :mod:`.loader`.
 """
-
-from .cfg_rescale import CfgRescale
-from .loader import CheckpointLoader
-from .model_sampling import ModelSampling
-from .setup import VPredSetup
-from .trailing_schedule import TrailingSchedule, register_trailing_scheduler
-from .uncond import NegativePrompt, UncondMode
-
-NODE_CLASSES = (CheckpointLoader, ModelSampling, TrailingSchedule, CfgRescale, NegativePrompt, UncondMode, VPredSetup)
-NODE_CLASS_MAPPINGS = {cls.NODE_ID: cls for cls in NODE_CLASSES}
-NODE_DISPLAY_NAME_MAPPINGS = {cls.NODE_ID: cls.DISPLAY_NAME for cls in NODE_CLASSES}
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "NODE_CLASSES", "register_trailing_scheduler"]

@@ -1,45 +1,52 @@
-"""Checkpoint loader that inspects the file with the core (marker keys, metadata, YAML beside it) and applies the
-detected model sampling, including SD1.5 v-pred/ZTSNR which ComfyUI itself never detects."""
+"""Checkpoint loading with the core's header inspection (marker keys, metadata, the YAML beside the file) and the
+detected model sampling applied, including SD1.5 v-pred/ZTSNR which ComfyUI itself never detects.
+
+ComfyUI's node cache re-runs a node only when its inputs change; the file name does not change when a YAML is added
+or edited beside the checkpoint (the README's fix for SD1.5 v-pred files), so :func:`source_fingerprint` (the
+node's ``fingerprint_inputs``) keys the loader on every file the inspection reads.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 
-from ..vpred_core.checkpoints.inspection import inspect_checkpoint
+from ..vpred_core.checkpoints.inspection import inspect_checkpoint, sidecar_yaml_path
 from ..vpred_core.settings import AUTO, Detected, ModelSamplingSettings
-from .common import CATEGORY, DETECTED_SETTINGS_KEY, display_name, node_id
-from .model_sampling_glue import describe, host_detected, patch_model_sampling
+from .common import DETECTED_SETTINGS_KEY
+from .model_sampling import apply_model_sampling, host_detected, host_prediction, left_alone_line
 
 logger = logging.getLogger(__name__)
 
-INSPECTION_SOURCE = "checkpoint inspection"
 CHECKPOINTS_FOLDER = "checkpoints"
 EMBEDDINGS_FOLDER = "embeddings"
 
 
-def auto_configure(model, inspection):
+def auto_configure(model, inspection, first_step: str = AUTO):
     """Apply what the file states to ``model`` (clone) through the core's resolver; returns (model, one-line summary).
-    Fields the file does not state keep ComfyUI's own detection."""
-    host = host_detected(model)
-    if host.prediction is None:
-        return model, "not applied: the model is not a discrete eps/v model; kept ComfyUI's sampling"
+    Fields the file does not state keep ComfyUI's own detection; a model that is not a discrete eps/v schedule
+    (EDM, flow...) is left alone."""
+    ms = model.get_model_object("model_sampling")
+    if host_prediction(ms) is None:
+        return model, left_alone_line(ms)
     stated = Detected.from_inspection(inspection)
     if not stated.states_anything:
-        return model, "nothing detected in the file; kept ComfyUI's own detection (" + describe_host(host) + ")"
+        return model, "nothing detected in the file; kept ComfyUI's own detection (" + describe_host(model) + ")"
     model = model.clone()
     model.model_options[DETECTED_SETTINGS_KEY] = stated
-    patched, plan = patch_model_sampling(model, ModelSamplingSettings(AUTO, AUTO), beta_auto=True)
-    return patched, f"applied: {describe(plan)} ({plan.describe_sources()})"
+    patched, _, line = apply_model_sampling(model, ModelSamplingSettings(AUTO, AUTO), True, first_step)
+    return patched, line
+
+
+def describe_host(model) -> str:
+    host = host_detected(model)
+    return f"prediction={host.prediction}, ZTSNR {'on' if host.ztsnr else 'off'}"
 
 
 def source_text(inspection, name: str) -> str:
     ref = inspection.sources[name]
     return f"{ref.source}: {ref.detail}" if getattr(ref, "detail", "") else str(ref.source)
-
-
-def describe_host(host: Detected) -> str:
-    return f"prediction={host.prediction}, ZTSNR {'on' if host.ztsnr else 'off'}"
 
 
 def inspection_json(inspection) -> str:
@@ -62,43 +69,42 @@ def build_report(ckpt_name: str, inspection, summary: str) -> str:
     return "\n".join(lines)
 
 
-class CheckpointLoader:
-    """Load Checkpoint + header inspection + automatic model sampling."""
+def file_stamp(path: str) -> tuple | None:
+    """(size, mtime_ns) of a file, None when it does not exist."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
-    NODE_ID = node_id("CheckpointLoader")
-    DISPLAY_NAME = display_name("Load Checkpoint (auto-configure)")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE", "STRING")
-    RETURN_NAMES = ("model", "clip", "vae", "report")
-    OUTPUT_TOOLTIPS = (
-        "The diffusion model, with the detected prediction type / ZTSNR / betas applied.",
-        "The CLIP model used for encoding text prompts.",
-        "The VAE model used for encoding and decoding images to and from latent space.",
-        "What was detected (state-dict markers, safetensors metadata, YAML beside the file) and what was applied.",
-    )
-    FUNCTION = "load_checkpoint"
-    DESCRIPTION = ("Like Load Checkpoint, but reads the file header (v_pred/ztsnr marker keys, modelspec/kohya "
-                   "metadata, a <name>.yaml beside the checkpoint) without loading tensors, and applies the detected "
-                   "v-prediction, zero terminal SNR and beta schedule, for SD1.x too. Outputs a report string.")
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "ckpt_name": (checkpoint_names(), {"tooltip": "The checkpoint (model) to load and inspect."}),
-        }}
+def source_fingerprint(checkpoint_path: str | None) -> tuple:
+    """Everything the loader reads besides its inputs: the checkpoint and the YAML beside it (present or not)."""
+    if checkpoint_path is None:
+        return (None,)
+    return (checkpoint_path, file_stamp(checkpoint_path), file_stamp(sidecar_yaml_path(checkpoint_path)))
 
-    def load_checkpoint(self, ckpt_name):
-        import comfy.sd
-        import folder_paths
 
-        path = folder_paths.get_full_path_or_raise(CHECKPOINTS_FOLDER, ckpt_name)
-        inspection = inspect_checkpoint(path)
-        model, clip, vae = comfy.sd.load_checkpoint_guess_config(
-            path, output_vae=True, output_clip=True,
-            embedding_directory=folder_paths.get_folder_paths(EMBEDDINGS_FOLDER))[:3]
-        model, summary = auto_configure(model, inspection)
-        logger.info("%s: model sampling %s", ckpt_name, summary)
-        return (model, clip, vae, build_report(ckpt_name, inspection, summary))
+def checkpoint_path(ckpt_name: str) -> str | None:
+    """ComfyUI's full path of a checkpoint name, None when it is not found."""
+    import folder_paths
+
+    return folder_paths.get_full_path(CHECKPOINTS_FOLDER, ckpt_name)
+
+
+def load_checkpoint(ckpt_name: str, first_step: str = AUTO):
+    """(model, clip, vae, report): ComfyUI's own loader, then the inspection's settings applied."""
+    import comfy.sd
+    import folder_paths
+
+    path = folder_paths.get_full_path_or_raise(CHECKPOINTS_FOLDER, ckpt_name)
+    inspection = inspect_checkpoint(path)
+    model, clip, vae = comfy.sd.load_checkpoint_guess_config(
+        path, output_vae=True, output_clip=True,
+        embedding_directory=folder_paths.get_folder_paths(EMBEDDINGS_FOLDER))[:3]
+    model, summary = auto_configure(model, inspection, first_step)
+    logger.info("%s: model sampling %s", ckpt_name, summary)
+    return model, clip, vae, build_report(ckpt_name, inspection, summary)
 
 
 def checkpoint_names() -> list:

@@ -1,23 +1,18 @@
-"""Negative-prompt nodes with an explicit mode for an empty negative (zero / comma / host_default)."""
+"""What an empty negative prompt becomes in ComfyUI (zero / comma / host_default; the decision is the core's)."""
 
 from __future__ import annotations
 
 import torch
 
 from ..vpred_core.sampling.uncond import (
-    UNCOND_MODE_IDS,
     negative_text_for_mode,
     should_zero_uncond,
     validate_uncond_mode,
     zero_cross_attention,
 )
-from .common import CATEGORY, combo, display_name, node_id
 
 # Tensors in a conditioning entry's options dict that ConditioningZeroOut zeroes besides the cross-attention.
 ZEROED_OPTION_KEYS = ("pooled_output", "conditioning_lyrics")
-MODE_TOOLTIP = ("What an EMPTY negative becomes: zero = zeroed conditioning (ConditioningZeroOut), comma = encode "
-                "',', host_default = encode '' as ComfyUI does. A non-empty negative is always encoded as written.")
-CONDITIONING_TOOLTIP = "The negative (unconditional) conditioning for the sampler."
 
 
 def zero_conditioning(conditioning: list) -> list:
@@ -46,62 +41,14 @@ def negative_conditioning(clip, text: str, mode: str) -> list:
     return zero_conditioning(conditioning) if should_zero_uncond(text, mode) else conditioning
 
 
-class NegativePrompt:
-    """CLIP Text Encode for the negative prompt, with an explicit empty-negative mode."""
-
-    NODE_ID = node_id("NegativePrompt")
-    DISPLAY_NAME = display_name("Negative Prompt (uncond mode)")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING",)
-    RETURN_NAMES = ("negative",)
-    OUTPUT_TOOLTIPS = (CONDITIONING_TOOLTIP,)
-    FUNCTION = "encode"
-    DESCRIPTION = ("Encodes a negative prompt. When it is empty, 'mode' picks the unconditional input many "
-                   "v-pred/ZTSNR models are sensitive to: zeroed conditioning, ',' or ComfyUI's encoded ''.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "clip": ("CLIP", {"tooltip": "The CLIP text encoder."}),
-            "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
-                                "tooltip": "Negative prompt; leave empty to use the mode."}),
-            "mode": combo(UNCOND_MODE_IDS, "zero", MODE_TOOLTIP),
-        }}
-
-    def encode(self, clip, text, mode):
-        return (negative_conditioning(clip, text, mode),)
-
-
-class UncondMode:
-    """Apply an uncond mode to an existing (empty-prompt) negative CONDITIONING."""
-
-    NODE_ID = node_id("UncondMode")
-    DISPLAY_NAME = display_name("Uncond Mode (conditioning)")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING",)
-    RETURN_NAMES = ("negative",)
-    OUTPUT_TOOLTIPS = (CONDITIONING_TOOLTIP,)
-    FUNCTION = "apply"
-    DESCRIPTION = ("Treats the incoming CONDITIONING as the encoding of an empty negative and replaces it per mode: "
-                   "zero = ConditioningZeroOut, comma = re-encode ',' with the CLIP input (required for comma), "
-                   "host_default = pass through unchanged.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "conditioning": ("CONDITIONING", {"tooltip": "Negative conditioning of an empty prompt."}),
-                "mode": combo(UNCOND_MODE_IDS, "zero", MODE_TOOLTIP),
-            },
-            "optional": {"clip": ("CLIP", {"tooltip": "Text encoder, needed only for mode 'comma'."})},
-        }
-
-    def apply(self, conditioning, mode, clip=None):
-        validate_uncond_mode(mode)
-        if should_zero_uncond("", mode):
-            return (zero_conditioning(conditioning),)
-        if mode == "host_default":
-            return (conditioning,)
-        if clip is None:
-            raise ValueError("uncond mode 'comma' needs the clip input to encode ','")
-        return (encode_text(clip, negative_text_for_mode("", mode)),)
+def apply_uncond_mode(conditioning: list, mode: str, clip=None) -> list:
+    """Treat ``conditioning`` as the encoding of an empty negative and replace it per mode: zero =
+    ConditioningZeroOut, comma = encode ',' with ``clip`` (required), host_default = unchanged (the same object)."""
+    validate_uncond_mode(mode)
+    if should_zero_uncond("", mode):
+        return zero_conditioning(conditioning)
+    if mode == "host_default":
+        return conditioning
+    if clip is None:
+        raise ValueError("uncond mode 'comma' needs the clip input to encode ','")
+    return encode_text(clip, negative_text_for_mode("", mode))

@@ -1,10 +1,13 @@
-"""ComfyUI node contract without ComfyUI: ids, categories, inputs, defaults, ranges, tooltips, descriptions, the
-root entry point's guard, and the core calls the nodes make."""
+"""ComfyUI side without ComfyUI: the root entry point's guard and the host-free functions every node's ``execute``
+calls (settings from inputs, the first-step decision, CFG rescale at cfg 1, schedules, the loader's report and
+fingerprint, uncond modes). The V3 schemas themselves are tested inside ComfyUI (tests/host_comfyui)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "vpred_pack_under_test"
 PREFIX = "VPredZTSNR_"
-CATEGORY = "sampling/v-pred ztsnr"
+# The pack's node ids (tests/host_comfyui checks the V3 extension registers exactly these).
 EXPECTED_IDS = {"CheckpointLoader", "ModelSampling", "TrailingSchedule", "CFGRescale", "NegativePrompt",
                 "UncondMode", "Setup"}
 
@@ -31,67 +34,70 @@ def load_pack():
     return module
 
 
-@pytest.fixture(scope="module")
-def pack_nodes():
-    pytest.importorskip("torch")
-    assert importlib.util.find_spec("comfy") is None, "contract tests must run without ComfyUI"
+def pack_module(name: str):
     load_pack()
-    return importlib.import_module(f"{PACK_NAME}.nodes")
+    return importlib.import_module(f"{PACK_NAME}.nodes.{name}")
 
 
-def all_inputs(cls) -> dict:
-    spec = cls.INPUT_TYPES()
-    return {**spec["required"], **spec.get("optional", {})}
+@pytest.fixture(scope="module", autouse=True)
+def no_comfyui():
+    assert importlib.util.find_spec("comfy") is None, "contract tests must run without ComfyUI"
+    assert importlib.util.find_spec("comfy_api") is None, "contract tests must run without ComfyUI"
 
 
-def test_root_entry_point_is_empty_without_comfyui():
+def test_root_entry_point_registers_nothing_without_comfyui():
     pack = load_pack()
-    assert pack.NODE_CLASS_MAPPINGS == {} and pack.NODE_DISPLAY_NAME_MAPPINGS == {}
+    assert not hasattr(pack, "comfy_entrypoint")
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # a V1 mapping would win over the V3 entry point
 
 
-def test_ids_names_categories_descriptions(pack_nodes):
-    mappings = pack_nodes.NODE_CLASS_MAPPINGS
-    assert set(mappings) == {PREFIX + name for name in EXPECTED_IDS}
-    for node_id, cls in mappings.items():
-        assert cls.CATEGORY == CATEGORY
-        assert pack_nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("V-Pred ZTSNR: ")
-        assert len(cls.DESCRIPTION) > 40 and hasattr(cls, cls.FUNCTION)
-        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
+@pytest.mark.parametrize("module", ["common", "model_sampling", "first_step", "trailing_schedule", "cfg_rescale",
+                                    "uncond", "loader"])
+def test_host_free_modules_import_without_comfyui(module):
+    pack_module(module)
+    assert "comfy" not in sys.modules
 
 
-def test_every_input_has_a_tooltip_and_sane_range(pack_nodes):
-    for cls in pack_nodes.NODE_CLASSES:
-        for name, spec in all_inputs(cls).items():
-            options = spec[1]
-            assert options.get("tooltip"), f"{cls.NODE_ID}.{name} has no tooltip"
-            if spec[0] in ("INT", "FLOAT"):
-                assert options["min"] <= options["default"] <= options["max"], f"{cls.NODE_ID}.{name}"
-            if isinstance(spec[0], list) and "default" in options:
-                assert options["default"] in spec[0], f"{cls.NODE_ID}.{name}"
+def test_settings_from_inputs():
+    ms_mod = pack_module("model_sampling")
+    settings, beta_auto = ms_mod.settings_from_inputs("v", "on", "scaled_linear", 0.00085, 0.024, 1000, "exact")
+    assert not beta_auto and settings.linear_end == 0.024 and settings.prediction == "v"
+    assert settings.terminal == "exact"
+    _, beta_auto = ms_mod.settings_from_inputs("auto", "auto")
+    assert beta_auto
+    with pytest.raises(ValueError):
+        ms_mod.settings_from_inputs("v", "maybe")
 
 
-def test_mode_choices_are_the_core_ids(pack_nodes):
-    from vpred_core.sampling.cfg import RESCALE_SPACE_IDS
-    from vpred_core.sampling.schedules import BETA_SCHEDULE_IDS, SPACING_IDS
-    from vpred_core.sampling.uncond import UNCOND_MODE_IDS
-    from vpred_core.settings import PREDICTION_SETTING_IDS, ZTSNR_SETTING_IDS
+@pytest.mark.parametrize(("ztsnr", "exact", "first_step", "expected"), [
+    (True, False, "auto", "auto"),      # ZTSNR in effect: the wrapper acts where the schedule starts at SNR ~0
+    (False, False, "auto", None),       # nothing to do: no wrapper (bit-identical to the host)
+    (True, False, "sampler", None),     # the user keeps the sampler's own first step
+    (False, False, "ddim", "ddim"),     # the user asks for a DDIM first step everywhere
+    (True, True, "sampler", "sampler"),  # exact terminal: no sampler can step from inf; finite starts stay its own
+    (True, True, "auto", "auto"),
+])
+def test_first_step_decision(ztsnr, exact, first_step, expected):
+    fs = pack_module("first_step")
+    assert fs.first_step_to_install(ztsnr, exact, first_step) == expected
 
-    ms = all_inputs(pack_nodes.ModelSampling)
-    assert tuple(ms["prediction"][0]) == PREDICTION_SETTING_IDS
-    assert tuple(ms["ztsnr"][0]) == ZTSNR_SETTING_IDS
-    assert tuple(ms["beta_schedule"][0]) == ("auto",) + BETA_SCHEDULE_IDS
-    assert ms["terminal"][0] == ["host_clamp", "diffusers"]
-    assert ms["linear_end"][1]["max"] >= 0.024 and ms["linear_end"][1]["default"] == 0.012
-    assert tuple(all_inputs(pack_nodes.TrailingSchedule)["spacing"][0]) == SPACING_IDS
-    rescale = all_inputs(pack_nodes.CfgRescale)
-    assert tuple(rescale["space"][0]) == RESCALE_SPACE_IDS and rescale["space"][1]["default"] == "v"
-    assert rescale["phi"][1]["default"] == 0.7 and (rescale["phi"][1]["min"], rescale["phi"][1]["max"]) == (0.0, 1.0)
-    assert set(pack_nodes.CfgRescale.INPUT_TYPES()["optional"]) == {"start_percent", "end_percent", "sigma_high",
-                                                                     "sigma_low"}
-    for cls in (pack_nodes.NegativePrompt, pack_nodes.UncondMode):
-        assert tuple(all_inputs(cls)["mode"][0]) == UNCOND_MODE_IDS
-    assert pack_nodes.CheckpointLoader.RETURN_TYPES == ("MODEL", "CLIP", "VAE", "STRING")
-    assert all_inputs(pack_nodes.CheckpointLoader)["ckpt_name"][0] == []
+
+def test_first_step_wrapper_passes_through_below_snr0():
+    """img2img / a schedule that does not start at SNR ~0: the executor is called with the same arguments and
+    nothing else happens (comfy is never imported on that path)."""
+    fs = pack_module("first_step")
+    calls = []
+
+    def executor(*args, **kwargs):
+        calls.append((args, kwargs))
+        return "sampled"
+
+    args = ("model_wrap", torch.tensor([14.6, 3.0, 0.0]), {"seed": 1}, None, "noise", "latent", None, False)
+    assert fs.FirstStepWrapper("auto")(executor, *args) == "sampled"
+    assert calls == [(args, {})]
+    assert fs.FirstStepWrapper("sampler")(executor, "m", torch.tensor([4518.76, 3.0, 0.0]), {}, None, "n") == "sampled"
+    with pytest.raises(ValueError):
+        fs.FirstStepWrapper("heun")
 
 
 class FakeSampling:
@@ -105,55 +111,64 @@ class FakeInner:
     model_sampling = FakeSampling()
 
 
-def test_cfg_rescale_post_cfg_uses_core_on_denoised(pack_nodes):
+def cfg_args(scale: float, gen: torch.Generator) -> dict:
+    """post-CFG args as comfy.samplers.cfg_function builds them (5-D latents)."""
+    x, cond, uncond = (torch.randn(2, 4, 3, 8, 8, generator=gen) for _ in range(3))
+    return {"denoised": uncond + scale * (cond - uncond), "cond_denoised": cond, "uncond_denoised": uncond,
+            "input": x, "sigma": torch.tensor([4518.76, 3.0]), "cond_scale": scale, "model": FakeInner(),
+            "cond": [], "uncond": []}
+
+
+def test_cfg_rescale_post_cfg_uses_core_on_denoised():
     from vpred_core.sampling.cfg import rescale_cfg_denoised
 
-    cfg_module = importlib.import_module(f"{PACK_NAME}.nodes.cfg_rescale")
-    fn = cfg_module.make_post_cfg_function(0.7, "v")
-    gen = torch.Generator().manual_seed(0)
-    x, cond, uncond = (torch.randn(2, 4, 3, 8, 8, generator=gen) for _ in range(3))  # 5-D latents
-    sigma = torch.tensor([4518.76, 3.0])
-    guided = uncond + 5.0 * (cond - uncond)
-    args = {"denoised": guided, "cond_denoised": cond, "uncond_denoised": uncond, "input": x, "sigma": sigma,
-            "cond_scale": 5.0, "model": FakeInner()}
-    expected = rescale_cfg_denoised(x, sigma, cond, uncond, 5.0, 0.7, "v")
+    fn = pack_module("cfg_rescale").make_post_cfg_function(0.7, "v")
+    args = cfg_args(5.0, torch.Generator().manual_seed(0))
+    expected = rescale_cfg_denoised(args["input"], args["sigma"], args["cond_denoised"], args["uncond_denoised"],
+                                    5.0, 0.7, "v")
     assert torch.allclose(fn(args), expected, atol=1e-6)
-    args.update(uncond_denoised=None, denoised=cond)
-    assert fn(args) is cond
 
 
-def test_cfg_rescale_window_from_percent(pack_nodes):
-    cfg_module = importlib.import_module(f"{PACK_NAME}.nodes.cfg_rescale")
+def test_cfg_rescale_at_cfg_one_returns_denoised_itself():
+    """At cfg 1 ComfyUI passes zeros as uncond_denoised and the conditioning 'uncond' as None (cfg-1 optimisation),
+    never uncond_denoised None: the post-CFG function must return the guided tensor itself."""
+    fn = pack_module("cfg_rescale").make_post_cfg_function(0.7, "v")
+    args = cfg_args(1.0, torch.Generator().manual_seed(1))
+    args.update(uncond_denoised=torch.zeros_like(args["cond_denoised"]), uncond=None,
+                denoised=args["cond_denoised"])
+    assert fn(args) is args["denoised"]
+
+
+def test_cfg_rescale_window_from_percent():
+    cfg_module = pack_module("cfg_rescale")
     window = cfg_module.sigma_window(FakeSampling(), 0.5, 1.0, cfg_module.SIGMA_UNBOUNDED, 0.0)
     assert window.sigma_low == 0.0 and window.sigma_high < 4518.76
     assert cfg_module.sigma_window(FakeSampling(), 0.0, 1.0, cfg_module.SIGMA_UNBOUNDED, 0.0).sigma_high > 4518.76
     assert cfg_module.sigma_window(FakeSampling(), 0.0, 1.0, 100.0, 2.0) == cfg_module.SigmaWindow(100.0, 2.0)
 
 
-def test_trailing_schedule_first_sigma_is_table_max(pack_nodes):
-    sched = importlib.import_module(f"{PACK_NAME}.nodes.trailing_schedule")
+def test_trailing_schedule_first_sigma_is_table_max():
+    sched = pack_module("trailing_schedule")
     sigmas = sched.schedule_sigmas(FakeSampling(), 10, "trailing", 1.0)
     assert float(sigmas[0]) == float(FakeSampling.sigmas[-1]) and float(sigmas[-1]) == 0.0 and len(sigmas) == 11
     assert sched.schedule_sigmas(FakeSampling(), 10, "trailing", 0.0).numel() == 0
     assert len(sched.schedule_sigmas(FakeSampling(), 10, "trailing", 0.5)) == 11
 
 
-def test_settings_from_inputs(pack_nodes):
-    ms_mod = importlib.import_module(f"{PACK_NAME}.nodes.model_sampling")
-    settings, beta_auto = ms_mod.settings_from_inputs("v", "on", "scaled_linear", 0.00085, 0.024, 1000, "host_clamp")
-    assert not beta_auto and settings.linear_end == 0.024 and settings.prediction == "v"
-    _, beta_auto = ms_mod.settings_from_inputs("auto", "auto")
-    assert beta_auto
-    with pytest.raises(ValueError):
-        ms_mod.settings_from_inputs("v", "maybe")
+@pytest.mark.parametrize("steps", [1200, 1250])
+def test_trailing_scheduler_accepts_more_steps_than_timesteps(steps):
+    """KSampler steps 50 at denoise 0.04 calls the scheduler with 1250 steps; BasicScheduler allows 10000."""
+    sigmas = pack_module("trailing_schedule").trailing_scheduler(FakeSampling(), steps)
+    assert len(sigmas) == steps + 1 and float(sigmas[0]) == float(FakeSampling.sigmas[-1])
+    assert bool((sigmas[1:] < sigmas[:-1]).all())
 
 
-def test_loader_report_names_sources(pack_nodes, tmp_path):
+def test_loader_report_names_sources(tmp_path):
     from safetensors.torch import save_file
 
     from vpred_core.checkpoints.inspection import inspect_checkpoint
 
-    loader = importlib.import_module(f"{PACK_NAME}.nodes.loader")
+    loader = pack_module("loader")
     path = tmp_path / "m.safetensors"
     save_file({"v_pred": torch.zeros(0), "x": torch.zeros(1)}, str(path), metadata={"ss_zero_terminal_snr": "True"})
     inspection = inspect_checkpoint(path)
@@ -162,8 +177,26 @@ def test_loader_report_names_sources(pack_nodes, tmp_path):
     json.loads(report.split("inspection:\n", 1)[1])
 
 
-def test_uncond_zero_conditioning_semantics(pack_nodes):
-    uncond = importlib.import_module(f"{PACK_NAME}.nodes.uncond")
+def test_loader_fingerprint_follows_checkpoint_and_yaml(tmp_path):
+    """The loader's fingerprint_inputs value changes when a YAML is added or edited beside the checkpoint, or the
+    checkpoint itself changes; it stays put otherwise (ComfyUI then keeps its cached outputs)."""
+    loader = pack_module("loader")
+    ckpt, yaml = tmp_path / "m.safetensors", tmp_path / "m.yaml"
+    ckpt.write_bytes(b"x" * 8)
+    first = loader.source_fingerprint(str(ckpt))
+    assert loader.source_fingerprint(str(ckpt)) == first
+    yaml.write_text("model:\n  params:\n    parameterization: v\n")
+    added = loader.source_fingerprint(str(ckpt))
+    assert added != first
+    os.utime(yaml, ns=(yaml.stat().st_atime_ns, yaml.stat().st_mtime_ns + 1_000_000))
+    assert loader.source_fingerprint(str(ckpt)) != added
+    ckpt.write_bytes(b"y" * 9)
+    assert loader.source_fingerprint(str(ckpt))[1] != first[1]
+    assert loader.source_fingerprint(None) == (None,)
+
+
+def test_uncond_zero_conditioning_semantics():
+    uncond = pack_module("uncond")
     context, pooled = torch.randn(1, 77, 16), torch.randn(1, 8)
     original = [[context, {"pooled_output": pooled, "width": 1024}]]
     zeroed = uncond.zero_conditioning(original)
@@ -181,17 +214,22 @@ def test_uncond_zero_conditioning_semantics(pack_nodes):
     assert uncond.negative_conditioning(FakeClip(), "", "host_default")[0][1]["text"] == ""
     assert torch.count_nonzero(uncond.negative_conditioning(FakeClip(), "", "zero")[0][0]) == 0
     assert uncond.negative_conditioning(FakeClip(), "bad", "zero")[0][1]["text"] == "bad"
+    assert uncond.apply_uncond_mode(original, "host_default") is original
+    assert torch.count_nonzero(uncond.apply_uncond_mode(original, "zero")[0][0]) == 0
+    assert uncond.apply_uncond_mode(original, "comma", FakeClip())[0][1]["text"] == ","
     with pytest.raises(ValueError):
-        uncond.UncondMode().apply(original, "comma")
+        uncond.apply_uncond_mode(original, "comma")
 
 
-def test_example_workflows_use_only_known_nodes(pack_nodes):
+def test_example_workflows_use_only_known_nodes():
     files = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
     assert len(files) >= 2
+    known = {PREFIX + name for name in EXPECTED_IDS}
     for path in files:
         workflow = json.loads(path.read_text())
         types = {node["type"] for node in workflow["nodes"]}
         assert any(t.startswith(PREFIX) for t in types)
-        assert {t for t in types if t.startswith(PREFIX)} <= set(pack_nodes.NODE_CLASS_MAPPINGS)
+        assert {t for t in types if t.startswith(PREFIX)} <= known
         ids = {node["id"] for node in workflow["nodes"]}
         assert all(link[1] in ids and link[3] in ids for link in workflow["links"])
+        assert path.with_suffix(".jpg").is_file(), f"{path.name} has no template thumbnail"

@@ -258,8 +258,40 @@ def sigma_schedule(
     sigmas_table: torch.Tensor, steps: int, spacing: str = "trailing", denoise: float = 1.0
 ) -> torch.Tensor:
     """Sampling sigmas (length steps + 1, last 0). Partial denoise keeps the last ``steps`` of a schedule of
-    ``int(steps / denoise)`` steps (ComfyUI's convention), so denoise 1 starts exactly at sigma_max."""
+    ``int(steps / denoise)`` steps (ComfyUI's KSampler / BasicScheduler convention), so denoise 1 starts exactly at
+    sigma_max.
+
+    A schedule of more steps than training timesteps T (e.g. KSampler steps 50 at denoise 0.04: 1250 steps) has run
+    out of distinct timesteps: at T steps every spacing lists every timestep T-1..0. Beyond that it continues as
+    ComfyUI's ``normal`` scheduler does (:func:`dense_sigmas`) instead of raising or repeating sigmas."""
     validate_denoise(denoise)
+    if spacing not in SPACING_IDS:
+        raise ValueError(f"spacing must be one of {SPACING_IDS}, got {spacing!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     total = max(steps, int(steps / float(denoise)))
-    full = sigmas_for_timesteps(timesteps_for_spacing(spacing, total, sigmas_table.shape[0]), sigmas_table)
+    timesteps = sigmas_table.shape[0]
+    if total <= timesteps:
+        full = sigmas_for_timesteps(timesteps_for_spacing(spacing, total, timesteps), sigmas_table)
+    else:
+        full = dense_sigmas(sigmas_table, total)
     return full[-(steps + 1):]
+
+
+def dense_sigmas(sigmas_table: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` + 1 sigmas at evenly spaced fractional timesteps T-1 .. 0, then 0 (ComfyUI ``normal_scheduler``:
+    ``linspace`` of timesteps, sigma by log-sigma interpolation of the table, as ``ModelSamplingDiscrete.sigma``).
+
+    The first is exactly the table's sigma_max and all are distinct. Where the upper table entry is infinite (the
+    ``exact`` terminal, abar_T = 0) log sigma cannot be interpolated; there alpha = 1 / sqrt(1 + sigma^2) is
+    interpolated linearly from alpha_{T-2} to 0, which keeps those sigmas finite and decreasing."""
+    table = sigmas_table.detach().to(device="cpu", dtype=SCHEDULE_DTYPE)
+    t = torch.linspace(table.shape[0] - 1, 0, steps, dtype=SCHEDULE_DTYPE)
+    low, high = t.floor().long(), t.ceil().long()
+    w = t - low
+    lo, hi = table[low], table[high]
+    log_sigma = torch.lerp(lo.log(), hi.log(), w)
+    alpha = torch.lerp(torch.rsqrt(1.0 + lo * lo), torch.rsqrt(1.0 + hi * hi), w)
+    sigma = torch.where(torch.isinf(hi), (1.0 - alpha * alpha).sqrt() / alpha, log_sigma.exp())
+    sigma = torch.where(w == 0, lo, sigma)
+    return torch.cat([sigma, sigma.new_zeros(1)]).to(device=sigmas_table.device, dtype=sigmas_table.dtype)
