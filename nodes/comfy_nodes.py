@@ -27,8 +27,9 @@ from ..vpred_core.sampling.uncond import UNCOND_MODE_IDS
 from ..vpred_core.settings import AUTO, PREDICTION_SETTING_IDS, ZTSNR_SETTING_IDS
 from .cfg_rescale import SIGMA_UNBOUNDED, make_post_cfg_function
 from .common import CATEGORY, display_name, node_id
-from .loader import checkpoint_names, checkpoint_path, load_checkpoint, source_fingerprint
+from .loader import checkpoint_names, checkpoint_path, detect_prediction_type, load_checkpoint, source_fingerprint
 from .model_sampling import DEFAULT_TERMINAL, apply_model_sampling, settings_from_inputs
+from .probe import DEFAULT_PROBE_MODE, PROBE_MODES
 from .trailing_schedule import SCHEDULER_NAME, register_trailing_scheduler, schedule_sigmas
 from .uncond import apply_uncond_mode, negative_conditioning
 
@@ -72,6 +73,9 @@ FIRST_STEP_TOOLTIP = ("How the step from SNR ~0 (a schedule starting at sigma_ma
 MODE_TOOLTIP = ("What an EMPTY negative becomes: zero = zeroed conditioning (ConditioningZeroOut), comma = encode "
                 "',', host_default = encode '' as ComfyUI does. A non-empty negative is always encoded as written.")
 CONDITIONING_TOOLTIP = "The negative (unconditional) conditioning for the sampler."
+PROBE_TOOLTIP = ("Weight probe (a few UNet calls, cached per file): when_unstated = only when the file states no "
+                 "prediction type (merges, conversions); always = its eps / v verdict overrides the file's "
+                 "statement; off = never. x0 / flow / unknown verdicts are reported, never applied.")
 LOADER_OUTPUT_TOOLTIPS = (
     "The diffusion model, with the detected prediction type / ZTSNR / betas applied.",
     "The CLIP model used for encoding text prompts.",
@@ -123,6 +127,8 @@ class CheckpointLoader(io.ComfyNode):
                 io.Combo.Input("ckpt_name", options=checkpoint_names(),
                                tooltip="The checkpoint (model) to load and inspect."),
                 first_step_input(),
+                io.Combo.Input("probe", options=list(PROBE_MODES), default=DEFAULT_PROBE_MODE, optional=True,
+                               tooltip=PROBE_TOOLTIP),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip=LOADER_OUTPUT_TOOLTIPS[0]),
@@ -134,12 +140,39 @@ class CheckpointLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, ckpt_name, first_step=AUTO):
-        return source_fingerprint(checkpoint_path(ckpt_name)), first_step
+    def fingerprint_inputs(cls, ckpt_name, first_step=AUTO, probe=DEFAULT_PROBE_MODE):
+        return source_fingerprint(checkpoint_path(ckpt_name)), first_step, probe
 
     @classmethod
-    def execute(cls, ckpt_name, first_step=AUTO) -> io.NodeOutput:
-        return io.NodeOutput(*load_checkpoint(ckpt_name, first_step))
+    def execute(cls, ckpt_name, first_step=AUTO, probe=DEFAULT_PROBE_MODE) -> io.NodeOutput:
+        return io.NodeOutput(*load_checkpoint(ckpt_name, first_step, probe))
+
+
+class DetectPredictionType(io.ComfyNode):
+    """The weight probe for a MODEL from anywhere: MODEL -> MODEL (the verdict applied) + report."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            "DetectPredictionType", "Detect Prediction Type",
+            "Tells eps from v-prediction (and flags x0 and rectified-flow models) from a few UNet calls on a known "
+            "latent and noise, for models whose file states nothing (merges, other loaders, conversions). An eps or "
+            "v verdict is applied as model sampling (ZTSNR from the probe's hint when decisive); the report says "
+            "what was measured and the margin. Connect the checkpoint's CLIP for the most reliable reading.",
+            inputs=[
+                io.Model.Input("model", tooltip=MODEL_TOOLTIP),
+                io.Clip.Input("clip", optional=True, tooltip="Text encoder (the probe uses the empty prompt's "
+                              "encoding; zeros without it)."),
+                first_step_input(),
+            ],
+            outputs=[model_output(), io.String.Output(display_name="report",
+                                                      tooltip="What the probe measured, its verdict and margin.")],
+            aliases=("probe", "detect v-pred", "prediction type", "is this v-pred"),
+        )
+
+    @classmethod
+    def execute(cls, model, clip=None, first_step=AUTO) -> io.NodeOutput:
+        return io.NodeOutput(*detect_prediction_type(model, clip, first_step))
 
 
 class ModelSampling(io.ComfyNode):
@@ -325,7 +358,8 @@ class Setup(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
-NODES = [CheckpointLoader, ModelSampling, TrailingSchedule, CfgRescale, NegativePrompt, UncondMode, Setup]
+NODES = [CheckpointLoader, ModelSampling, TrailingSchedule, CfgRescale, NegativePrompt, UncondMode, Setup,
+         DetectPredictionType]
 
 
 class VPredZTSNRExtension(ComfyExtension):

@@ -19,7 +19,7 @@ PACK_NAME = "vpred_pack_under_test"
 PREFIX = "VPredZTSNR_"
 # The pack's node ids (tests/host_comfyui checks the V3 extension registers exactly these).
 EXPECTED_IDS = {"CheckpointLoader", "ModelSampling", "TrailingSchedule", "CFGRescale", "NegativePrompt",
-                "UncondMode", "Setup"}
+                "UncondMode", "Setup", "DetectPredictionType"}
 
 
 def load_pack():
@@ -52,7 +52,7 @@ def test_root_entry_point_registers_nothing_without_comfyui():
 
 
 @pytest.mark.parametrize("module", ["common", "model_sampling", "first_step", "trailing_schedule", "cfg_rescale",
-                                    "uncond", "loader"])
+                                    "uncond", "loader", "probe"])
 def test_host_free_modules_import_without_comfyui(module):
     pack_module(module)
     assert "comfy" not in sys.modules
@@ -233,3 +233,28 @@ def test_example_workflows_use_only_known_nodes():
         ids = {node["id"] for node in workflow["nodes"]}
         assert all(link[1] in ids and link[3] in ids for link in workflow["links"])
         assert path.with_suffix(".jpg").is_file(), f"{path.name} has no template thumbnail"
+
+
+def test_probe_modes_decide_when_and_what_wins():
+    probe = pack_module("probe")
+    settings = importlib.import_module(f"{PACK_NAME}.vpred_core.settings")
+    unstated = settings.Detected()
+    file_v = settings.Detected(prediction="v", ztsnr=True, source="file")
+    probed_eps = settings.Detected(prediction="eps", ztsnr=None, source="probe: eps")
+    assert probe.wants_probe("when_unstated", unstated) and not probe.wants_probe("when_unstated", file_v)
+    assert probe.wants_probe("always", file_v) and not probe.wants_probe("off", unstated)
+    with pytest.raises(ValueError, match="probe must be one of"):
+        probe.wants_probe("sometimes", unstated)
+    kept = probe.combine(file_v, probed_eps, "when_unstated")
+    assert kept.prediction == "v" and kept.source_of("prediction") == "file"
+    overridden = probe.combine(file_v, probed_eps, "always")
+    assert overridden.prediction == "eps" and overridden.ztsnr is True  # the probe is silent on ZTSNR here
+    assert probe.combine(unstated, probed_eps, "when_unstated").source_of("prediction") == "probe: eps"
+
+
+def test_probe_cache_is_bounded():
+    probe = pack_module("probe")
+    for index in range(probe.PROBE_CACHE_SIZE + 3):
+        probe.remember(("file", index), index)
+    assert probe.cached(("file", 0)) is None and probe.cached(("file", probe.PROBE_CACHE_SIZE + 2)) is not None
+    assert len(probe._results) == probe.PROBE_CACHE_SIZE and probe.cached(None) is None

@@ -17,10 +17,12 @@ pytestmark = pytest.mark.host
 PREFIX = "VPredZTSNR_"
 CATEGORY = "sampling/v-pred ztsnr"
 V1_OBJECT_INFO = REPO_ROOT / "tests" / "data" / "comfy_v1" / "object_info_pack_v1.json"
-EXPECTED_IDS = {"CheckpointLoader", "ModelSampling", "TrailingSchedule", "CFGRescale", "NegativePrompt",
-                "UncondMode", "Setup"}
+V1_IDS = {"CheckpointLoader", "ModelSampling", "TrailingSchedule", "CFGRescale", "NegativePrompt", "UncondMode",
+          "Setup"}
+EXPECTED_IDS = V1_IDS | {"DetectPredictionType"}
 # Inputs added after the V1 nodes (optional, last) and V1 inputs whose choices / tooltip grew with them.
-ADDED_INPUTS = {"CheckpointLoader": ["first_step"], "ModelSampling": ["first_step"], "Setup": ["first_step"]}
+ADDED_INPUTS = {"CheckpointLoader": ["first_step", "probe"], "ModelSampling": ["first_step"], "Setup": ["first_step"]}
+ADDED_DEFAULTS = {"first_step": "auto", "probe": "when_unstated"}
 EXTENDED_INPUTS = {("ModelSampling", "terminal"), ("TrailingSchedule", "steps"), ("CheckpointLoader", "ckpt_name")}
 SIGMA_REL_TOL = 1e-6
 RESCALE_ABS_TOL = 1e-5
@@ -84,7 +86,7 @@ def test_nodes_use_the_pinned_versioned_api(comfy_nodes):
     assert "comfy_api.latest" not in source.replace('``comfy_api.latest``', "")
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_IDS))
+@pytest.mark.parametrize("name", sorted(V1_IDS))
 def test_v3_schema_keeps_the_v1_contract(comfy_nodes, name):
     """object_info of the V3 node (what the server sends, GET_NODE_INFO_V1) against the V1 node's, recorded before the
     change: same display name, category, description, outputs, and the same inputs in the same order with the same
@@ -114,7 +116,7 @@ def test_v3_schema_keeps_the_v1_contract(comfy_nodes, name):
                 old_opts.pop("max", None), new_opts.pop("max", None)
             assert {k: v for k, v in new_opts.items() if k in old_opts} == old_opts, key
     for key in added:
-        assert v3["input"]["optional"][key][1]["default"] == "auto"
+        assert v3["input"]["optional"][key][1]["default"] == ADDED_DEFAULTS[key]
 
 
 def test_search_aliases_where_comfyui_supports_them(comfy_nodes):
@@ -414,7 +416,7 @@ def test_non_discrete_model_samplings_are_left_alone(comfy_nodes, tiny, caplog):
         stated = type("Inspection", (), {"stated_fields": lambda self: {"prediction": "v", "ztsnr": True},
                                          "sources": {}})()
         assert Detected.from_inspection(stated).states_anything
-        same, line = loader.auto_configure(model, stated)
+        same, line = loader.auto_configure(model, Detected.from_inspection(stated))
         assert same is model and line.startswith("not applied:"), label
     width = max(len(r[0]) for r in rows)
     print("\n".join(f"{label:{width}}  {name:45}  -> {prediction}" for label, name, prediction in rows))
