@@ -12,6 +12,8 @@ only (instance attributes), so nothing global changes:
   t = T and ends at t = 0; PLMS's pseudo-improved-Euler first step is replaced by a DDIM step when it starts at SNR ~0
   (DDIM's too with the exact terminal: x0 = -v there). UniPC only reads the number of timesteps (it walks its own grid
   from t = T) and is left to the host, also with the exact terminal (its first update from the clamped table).
+- A1111's LCM denoiser reads every model output as eps: for a v model (this pass's ``parameterization``) its
+  ``get_eps`` converts v to eps (:func:`lcm_reads_v`).
 
 Where the host has ``process_before_every_sampling`` (A1111 1.10+, reForge, Forge) it calls :func:`prepare_pass`;
 A1111 1.8 has no hook between creating the txt2img sampler and running it, so for the duration of a request that
@@ -28,7 +30,7 @@ import logging
 import torch
 
 from ..vpred_core.sampling.denoiser import FIRST_STEP_IDS, with_ddim_first_step
-from ..vpred_core.sampling.prediction import x0_from_eps
+from ..vpred_core.sampling.prediction import append_dims, eps_from_v, x0_from_eps
 from ..vpred_core.sampling.schedules import ALREADY_ZTSNR_MAX_ALPHAS_CUMPROD, sigma_schedule, timesteps_for_spacing
 from ..vpred_core.settings import TRAILING
 
@@ -112,6 +114,27 @@ def with_ddim_first_timestep(func, first_step: str = "auto", exact_terminal: boo
     return sample
 
 
+def is_lcm_denoiser(model_wrap) -> bool:
+    """A1111's ``LCMCompVisDenoiser``: a k-diffusion ``DiscreteEpsDDPMDenoiser`` over 50 of the 1000 timesteps."""
+    return hasattr(model_wrap, "skip_steps") and hasattr(model_wrap, "get_eps") and hasattr(model_wrap, "inner_model")
+
+
+def lcm_reads_v(model_wrap) -> None:
+    """A1111's LCM denoiser reads every model output as eps (``get_eps`` is ``apply_model``, whatever the
+    ``parameterization``): for this pass's v model its ``get_eps`` returns eps = alpha_t v + s_t z (z = the VP input
+    it is called with, t its timestep) so that the LCM update sees eps."""
+    original = model_wrap.get_eps
+
+    @functools.wraps(original)
+    def get_eps(z, t, **kwargs):
+        v = original(z, t, **kwargs)
+        abar = model_wrap.inner_model.alphas_cumprod.to(z.device)[t.long()].to(torch.float64)
+        alpha, s = append_dims(abar.sqrt(), z.ndim), append_dims((1 - abar).sqrt(), z.ndim)
+        return eps_from_v(z.to(torch.float64), v.to(torch.float64), alpha, s).to(v.dtype)
+
+    model_wrap.get_eps = get_eps
+
+
 def takes_sigmas(func) -> bool:
     """k-diffusion sampler functions take ``sigmas``; DPM fast / adaptive take sigma_min / sigma_max / n instead."""
     try:
@@ -191,6 +214,9 @@ def prepare_pass(p, sampler, spacing: str, first_step: str, exact_terminal: bool
         set_trailing_override(p, spacing, pass_scheduler(p))
         if takes_sigmas(func) and first_step != "sampler":
             sampler.func = with_ddim_first_step(func, first_step, exact_terminal)
+        wrap = getattr(sampler, "model_wrap", None)
+        if is_lcm_denoiser(wrap) and getattr(getattr(p, "sd_model", None), "parameterization", None) == "v":
+            lcm_reads_v(wrap)
     setattr(sampler, WRAPPED_FLAG, True)
 
 

@@ -416,6 +416,32 @@ def test_exact_terminal_first_timestep_is_analytic_and_wraps_ddim():
         assert (sampler.func is not ddim) is wrapped
 
 
+class _Lcm:
+    skip_steps = 20
+
+    def __init__(self, abar):
+        self.inner_model = types.SimpleNamespace(alphas_cumprod=abar)
+
+    def get_eps(self, z, t, **kwargs):
+        return torch.ones_like(z)  # the model's raw output (v for a v model)
+
+
+def test_lcm_reads_v_models_as_eps():
+    abar = schedules.ScheduleSpec().alphas_cumprod().float()
+    for prediction, converted in (("v", True), ("eps", False)):
+        wrap = _Lcm(abar)
+        p = _p()
+        p.sd_model = types.SimpleNamespace(parameterization=prediction)
+        samplers.prepare_pass(p, types.SimpleNamespace(func=sample_euler, model_wrap=wrap), "host", "auto", False)
+        z, t = torch.full((2, 4, 8, 8), 0.5), torch.tensor([499, 999])
+        eps = wrap.get_eps(z, t)
+        if not converted:
+            assert torch.equal(eps, torch.ones_like(z))
+            continue
+        alpha, s = abar[t].double().sqrt().view(-1, 1, 1, 1), (1 - abar[t].double()).sqrt().view(-1, 1, 1, 1)
+        torch.testing.assert_close(eps.double(), (alpha * 1.0 + s * 0.5).expand(z.shape), rtol=1e-6, atol=1e-6)
+
+
 # ---- loader
 
 
