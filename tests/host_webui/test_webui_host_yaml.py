@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 import yaml
-from webui_host_env import WEBUI_PATH, host_import, initialized_shared
+from webui_host_env import WEBUI_PATH, host_import, initialized_shared, pack
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 ckpt_factory = pytest.importorskip("ckpt_factory")
@@ -49,15 +49,12 @@ def _write_crafted(tmp_path, family: str, linear_end: float | None) -> str:
     path = str(tmp_path / f"{family}_v.safetensors")
     ckpt_factory.build_checkpoint(path, family, markers=("v_pred", "ztsnr"))
     if linear_end is None:
-        from a1111_extension.model_files import write_yaml_if_needed
-
-        assert write_yaml_if_needed(path) is not None
+        assert pack("a1111_extension.checkpoints").write_yaml_if_needed(path) is not None
     else:
-        from vpred_core.checkpoints.sidecar_yaml import WRITTEN, write_yaml_for_checkpoint
-
+        sidecar_yaml = pack("vpred_core.checkpoints.sidecar_yaml")
         override = tmp_path / "override.yaml"
         override.write_text(yaml.safe_dump({"prediction": "v", "linear_end": linear_end}))
-        assert write_yaml_for_checkpoint(path, override_path=str(override)).status == WRITTEN
+        assert sidecar_yaml.write_yaml_for_checkpoint(path, override_path=str(override)).status == sidecar_yaml.WRITTEN
     return path
 
 
@@ -72,9 +69,7 @@ def _shrunk_ldm_config(config_path: str):
 
 
 def _core_alphas(linear_end: float) -> torch.Tensor:
-    from vpred_core.sampling.schedules import ScheduleSpec
-
-    return ScheduleSpec(linear_end=linear_end).alphas_cumprod()
+    return pack("vpred_core.sampling.schedules").ScheduleSpec(linear_end=linear_end).alphas_cumprod()
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
