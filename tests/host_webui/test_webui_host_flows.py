@@ -150,6 +150,10 @@ def _expected_pass_sigmas(scheduler, table, steps):
     return k_sampling.get_sigmas_karras(steps, table[0].item(), table[-1].item(), rho=7.0, device="cpu")
 
 
+def _calls(one_pass) -> torch.Tensor:
+    return torch.tensor(one_pass.call_values(), dtype=torch.float64)
+
+
 @pytest.mark.parametrize("hires_denoise", [FULL_DENOISE, HIRES_DENOISE], ids=["hires-denoise-1", "hires-denoise-0.5"])
 @pytest.mark.parametrize(("first", "hires"), [(KARRAS, AYS), (AYS, KARRAS)], ids=["karras-then-ays", "ays-then-karras"])
 def test_trailing_override_follows_each_pass_scheduler(a1111, first, hires, hires_denoise):
@@ -166,14 +170,14 @@ def test_trailing_override_follows_each_pass_scheduler(a1111, first, hires, hire
     result = webui_a1111.generate(a1111.data, p, script_args(**FORCED_ZTSNR))
     one, two = result.passes
     expected = _expected_pass_sigmas(first, one.table, STEPS)
-    torch.testing.assert_close(torch.tensor(one.call_values()), expected[:-1].double(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(_calls(one), expected[:-1].double(), rtol=1e-5, atol=0)
     assert one.first == pytest.approx(ZTSNR_SIGMA_MAX, rel=SIGMA_RTOL)  # both schedulers start at t = T
     p.is_hr_pass = True
     steps, t_enc = sd_samplers_common.setup_img2img_steps(p, p.hr_second_pass_steps or p.steps)
     p.is_hr_pass = False
     assert steps == int(STEPS / min(hires_denoise, 0.999)) and t_enc == STEPS - 1
     sched = _expected_pass_sigmas(hires, two.table, steps)[steps - t_enc - 1:]  # sample_img2img's sigma_sched
-    torch.testing.assert_close(torch.tensor(two.call_values()), sched[:-1].double(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(_calls(two), sched[:-1].double(), rtol=1e-5, atol=0)
     if hires_denoise == FULL_DENOISE:
         assert two.first == pytest.approx(ZTSNR_SIGMA_MAX, rel=SIGMA_RTOL)
     else:  # the hires pass starts partway down its schedule (the tail of a steps / denoise schedule)

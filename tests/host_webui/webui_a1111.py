@@ -126,6 +126,7 @@ def host_options(**values):
 
 
 HARNESS_OPTIONS = {"live_previews_enable": False}
+_MISSING = object()
 
 
 @dataclasses.dataclass
@@ -290,8 +291,20 @@ def generate(data, p, args=None, *, antithetic: int = 0, skip_decode: bool = Fal
         run = runner(vpred, recorder, is_img2img)
     p.scripts = run
     p.script_args = tuple(args)
-    with host_options(**HARNESS_OPTIONS), (antithetic_brownian() if antithetic else contextlib.nullcontext()):
-        processed = processing.process_images(p)
+    torch.manual_seed(0)  # img2img's VAE encode samples its latent with the global RNG (same draw for every run)
+    # process_images restores only the overridden options that were in opts.data before (a default value is not):
+    # restore every one here so that one test's override does not reach the next
+    shared = host_import("modules.shared")
+    overridden = {key: shared.opts.data.get(key, _MISSING) for key in (p.override_settings or {})}
+    try:
+        with host_options(**HARNESS_OPTIONS), (antithetic_brownian() if antithetic else contextlib.nullcontext()):
+            processed = processing.process_images(p)
+    finally:
+        for key, value in overridden.items():
+            if value is _MISSING:
+                shared.opts.data.pop(key, None)
+            else:
+                shared.opts.data[key] = value
     return Result(processed, p, recorder.passes, recorder.samples, recorder.loaded_at_start)
 
 
