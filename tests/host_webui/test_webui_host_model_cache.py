@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 import webui_a1111
-from webui_host_env import WEBUI_PATH, host_import, is_forge_family, load_vpred_script, script_args
+from webui_host_env import WEBUI_PATH, host_import, is_forge_family, load_vpred_script, pack, script_args
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 
@@ -85,6 +85,7 @@ def test_hires_checkpoint_then_disabled_request(cache):
     try:
         reference = webui_a1111.generate(cache.data, webui_a1111.txt2img(cache.a, "Euler", STEPS), False)
         first = webui_a1111.generate(cache.data, _hires(cache.a, cache.b), script_args(**FORCED))
+        _assert_host_objects(cache)  # postprocess restored both objects the request patched
         second = webui_a1111.generate(cache.data, webui_a1111.txt2img(cache.a, "Euler", STEPS),
                                       script_args(enabled=False))
     finally:
@@ -139,4 +140,25 @@ def test_stated_hires_checkpoint_with_defaults(cache):
     assert [one.model for one in on_b.passes] == [cache.b]
     assert on_b.vpred_keys()["VPred ZTSNR"] == "on"
     assert_samples_as_infotext(cache, on_b)
+    _assert_host_objects(cache)
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_raised_hires_pass_is_repaired_on_every_cached_object(cache):
+    """Request 1 (forced) raises inside the hires pass on B (no postprocess): A and B both carry the plan; request 2
+    (disabled) starts while B is loaded and the host swaps A back: every cached object must be the host's again."""
+    a1111 = pack("a1111_extension.a1111")
+    cache.b.model.diffusion_model.fail_with = _Crash("B's UNet raised")
+    try:
+        with pytest.raises(_Crash):
+            webui_a1111.generate(cache.data, _hires(cache.a, cache.b), script_args(**FORCED))
+    finally:
+        cache.b.model.diffusion_model.fail_with = None
+    assert all(hasattr(model, a1111.SAVED_ATTR) for model in (cache.a, cache.b))  # both left patched
+    second = webui_a1111.generate(cache.data, webui_a1111.txt2img(cache.a, "Euler", STEPS), script_args(enabled=False))
+    assert second.loaded_at_start is cache.b and not second.vpred_keys()
+    assert_samples_as_infotext(cache, second)
     _assert_host_objects(cache)

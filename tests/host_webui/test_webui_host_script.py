@@ -142,3 +142,20 @@ def test_interrupted_request_is_repaired_by_the_next(a1111, next_enabled):
     assert [c.tolist() for c in result.passes[0].calls] == [c.tolist() for c in reference.passes[0].calls]
     assert bool(result.vpred_keys()) == next_enabled
     a1111.h.assert_restored(model, before)
+
+
+def test_host_ztsnr_option_yields_to_the_pack(a1111):
+    """The webui's own global "Zero Terminal SNR" with a checkpoint that states v + ZTSNR: the request sets the
+    option to Default (override_settings, restored by the host) and the pack applies ZTSNR once: the same alphas,
+    calls and latents as without the host option."""
+    shared = host_import("modules.shared")
+    model = a1111.make("stated", STATED)
+    a1111.h.use_model(model)
+    plain = a1111.h.generate(a1111.data, a1111.h.txt2img(model, "Euler", STEPS), skip_decode=True)
+    with a1111.h.host_options(sd_noise_schedule="Zero Terminal SNR"):
+        result = a1111.h.generate(a1111.data, a1111.h.txt2img(model, "Euler", STEPS), skip_decode=True)
+        assert shared.opts.sd_noise_schedule == "Zero Terminal SNR"  # restored by the host after the request
+    assert result.p.override_settings.get("sd_noise_schedule") == "Default"
+    torch.testing.assert_close(result.passes[0].alphas_cumprod, plain.passes[0].alphas_cumprod, rtol=0, atol=0)
+    assert [c.tolist() for c in result.passes[0].calls] == [c.tolist() for c in plain.passes[0].calls]
+    torch.testing.assert_close(result.latents, plain.latents, rtol=0, atol=0)
