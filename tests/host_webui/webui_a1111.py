@@ -22,7 +22,7 @@ import os
 
 import torch
 from webui_host_env import TINY_UNET, WEBUI_PATH, host_import, pack, script_args
-from webui_oracle import AntitheticRNG, OracleUNet, antithetic_brownian
+from webui_oracle import AntitheticRNG, OracleUNet, antithetic_noise
 
 VAE_8X = {"ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": []}  # 8x down, as opt_f
 COND_SHAPE = (1, 8)
@@ -297,7 +297,7 @@ def generate(data, p, args=None, *, antithetic: int = 0, skip_decode: bool = Fal
     shared = host_import("modules.shared")
     overridden = {key: shared.opts.data.get(key, _MISSING) for key in (p.override_settings or {})}
     try:
-        with host_options(**HARNESS_OPTIONS), (antithetic_brownian() if antithetic else contextlib.nullcontext()):
+        with host_options(**HARNESS_OPTIONS), (antithetic_noise() if antithetic else contextlib.nullcontext()):
             processed = processing.process_images(p)
     finally:
         for key, value in overridden.items():

@@ -18,7 +18,7 @@ import types
 
 import torch
 from webui_host_env import host_import, load_vpred_script, pack
-from webui_oracle import AntitheticRNG, OracleUNet, antithetic, antithetic_brownian
+from webui_oracle import AntitheticRNG, OracleUNet, antithetic, antithetic_noise
 
 STEPS = 20
 SEED = 1234
@@ -217,7 +217,7 @@ def request(env, script, p, args, n):
         x = antithetic(n)
         if script is not None:
             script.process_before_every_sampling(p, *args, x=x, noise=x, c=c, uc=uc)
-        with torch.inference_mode(), antithetic_brownian():
+        with torch.inference_mode(), antithetic_noise():
             return p.sampler.sample(p, x, c, uc, image_conditioning=p.txt2img_image_conditioning(x))
     finally:
         if ztsnr:
@@ -249,6 +249,119 @@ def sweep_reforge(env, directory, modes, n_images: int, steps: int = STEPS, only
             try:
                 with host_option(env, "sd_noise_schedule", HOST_ZTSNR_LABEL if args is False else "Default"):
                     cells[mode] = stats(request(env, script, p, args, n_images))
+            except Exception as exc:  # noqa: BLE001 - a sampler that raises is a table entry
+                cells[mode] = f"error: {type(exc).__name__}: {exc}"[:90]
+        rows.append(Row(config.name, cells))
+    return rows
+
+
+# ---- Forge (backend KModel / UnetPatcher, predictor) ---------------------------------------------------------------
+
+
+class ForgeOracle(OracleUNet):
+    """The oracle with the attributes Forge's KModel / UnetPatcher read from a diffusion network."""
+
+    storage_dtype = computation_dtype = torch.float32
+    load_device = offload_device = initial_device = torch.device("cpu")
+
+
+def forge_env():
+    """Forge modules (None on A1111 / reForge)."""
+    if host_import("importlib.util").find_spec("backend") is None:
+        return None
+    _, data = load_vpred_script()
+    return types.SimpleNamespace(
+        data=data, k_model=host_import("backend.modules.k_model"), unet=host_import("backend.patcher.unet"),
+        engine=host_import("backend.diffusion_engine.base"), k_prediction=host_import("backend.modules.k_prediction"),
+        diffusers=host_import("diffusers"), sd_models=host_import("modules.sd_models"),
+        sd_samplers=host_import("modules.sd_samplers"), processing=host_import("modules.processing"),
+        shared=host_import("modules.shared"),
+    )
+
+
+def forge_model(env, directory, name, markers=(), prediction="epsilon", network=None):
+    """A Forge diffusion-engine stand-in: ForgeObjects around a real UnetPatcher / KModel whose predictor is built from
+    the SD betas (``prediction`` "epsilon" or "v_prediction", as Forge's loader builds it from the config), the
+    network the oracle; what processing, the samplers and the Script read."""
+    ckpt_factory = host_import("ckpt_factory")
+    checkpoint = str(directory / f"{name}.safetensors")
+    ckpt_factory.build_checkpoint(checkpoint, "sd1", markers=markers)
+    scheduler = env.diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                     prediction_type=prediction)
+    network = network or ForgeOracle()
+    k_model = env.k_model.KModel(model=network, diffusers_scheduler=scheduler)
+    unet = env.unet.UnetPatcher.from_model(network, scheduler, None, k_predictor=k_model.predictor)
+    model = types.SimpleNamespace(
+        forge_objects=env.engine.ForgeObjects(unet, None, None, None), model_config=types.SimpleNamespace(ztsnr=False),
+        sd_checkpoint_info=types.SimpleNamespace(filename=checkpoint, name_for_extra=name, title=name),
+        extra_generation_params={}, comments=[], is_sdxl=False, is_sd2=False, is_sd3=False, is_sd1=True,
+        is_inpaint=False, sd_model_hash=None)
+    model.forge_objects_original = model.forge_objects.shallow_copy()
+    model.forge_objects_after_applying_lora = model.forge_objects.shallow_copy()
+    env.sd_models.model_data.set_sd_model(model)
+    return model
+
+
+def forge_request(env, script, p, args, n):
+    """One txt2img batch in Forge's process_images_inner order (its ZTSNR step rescales the loaded predictor in place
+    and restores it after the batch) with the host's own ``sampler.sample``."""
+    if hasattr(p, "fill_fields_from_opts"):
+        p.fill_fields_from_opts()
+    p.setup_prompts()
+    p.all_seeds, p.all_subseeds = [SEED + i for i in range(n)], [SEED + i for i in range(n)]
+    p.seeds, p.subseeds = p.all_seeds, p.all_subseeds
+    p.prompts, p.negative_prompts = p.all_prompts, p.all_negative_prompts
+    p.iteration = 0
+    if script is not None:
+        script.before_process(p, *args)
+    predictor = p.sd_model.forge_objects.unet.model.predictor
+    backup = None
+    try:
+        if script is not None:
+            script.process(p, *args)
+        p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+        p.rng = AntitheticRNG(n)
+        if script is not None:
+            script.process_batch(p, *args, batch_number=0, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+        if env.shared.opts.sd_noise_schedule == HOST_ZTSNR_LABEL:
+            backup = predictor.sigmas
+            predictor.set_sigmas(env.k_prediction.rescale_zero_terminal_snr_sigmas(predictor.sigmas))
+        c, _ = cond_batch(n)
+        _, uc = cond_batch(n)
+        p.sampler = env.sd_samplers.create_sampler(p.sampler_name, p.sd_model)
+        x = antithetic(n)
+        if script is not None:
+            script.process_before_every_sampling(p, *args, x=x, noise=x, c=c, uc=uc)
+        with torch.inference_mode(), antithetic_noise():
+            return p.sampler.sample(p, x, c, uc, image_conditioning=p.txt2img_image_conditioning(x))
+    finally:
+        if backup is not None:
+            predictor.set_sigmas(backup)
+        if script is not None:
+            script.postprocess(p, None, *args)
+
+
+def sweep_forge(env, directory, modes, n_images: int, steps: int = STEPS, only=None):
+    """Every entry of Forge's ``sd_samplers.all_samplers`` in every mode (see webui_a1111.sweep_mode_args)."""
+    from webui_a1111 import sweep_mode_args
+    from webui_oracle import Row, stats
+
+    models = {"before": forge_model(env, directory, "oracle_v", ("v_pred",), "v_prediction"),
+              "pack": forge_model(env, directory, "oracle_plain", (), "epsilon")}
+    rows = []
+    for config in env.sd_samplers.all_samplers:
+        if only and config.name not in only:
+            continue
+        cells = {}
+        for mode in modes:
+            args = sweep_mode_args(mode)
+            model = models["before" if args is False else "pack"]
+            env.sd_models.model_data.set_sd_model(model)
+            script = None if args is False else env.data.script_class()
+            p = txt2img_processing(env, model, config.name, n_images, steps)
+            try:
+                with host_option(env, "sd_noise_schedule", HOST_ZTSNR_LABEL if args is False else "Default"):
+                    cells[mode] = stats(forge_request(env, script, p, args, n_images))
             except Exception as exc:  # noqa: BLE001 - a sampler that raises is a table entry
                 cells[mode] = f"error: {type(exc).__name__}: {exc}"[:90]
         rows.append(Row(config.name, cells))

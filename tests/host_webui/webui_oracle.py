@@ -16,10 +16,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import types
 
 import torch
-from webui_host_env import host_import, pack
+from webui_host_env import pack
 
 N_IMAGES = 16
 STEPS = 20
@@ -86,32 +85,76 @@ class AntitheticRNG:
         return torch.cat([half, -half])
 
 
-@contextlib.contextmanager
-def antithetic_brownian():
-    """SDE samplers draw their noise from the host's ``Sampler.create_noise_sampler`` (a Brownian tree per image
-    seed), not from ``p.rng``: for the block, the host's own tree is built for the first half of the batch and its
-    increments are mirrored for the second half (the batch holds antithetic pairs)."""
-    common = host_import("modules.sd_samplers_common")
-    original = common.Sampler.create_noise_sampler
+# Modules whose samplers draw noise themselves (A1111 k-diffusion, reForge's k_diff / ldm_patched copies, reForge's
+# SMEA samplers): their ``torch`` and ``BrownianTreeNoiseSampler`` are paired for the block.
+NOISE_MODULES = ("k_diffusion.sampling", "k_diff.k_diffusion.sampling", "ldm_patched.k_diffusion.sampling",
+                 "modules.sd_samplers_kdiffusion_smea")
 
-    def create_noise_sampler(self, x, sigmas, p):
-        half = x.shape[0] // 2
-        seeds = p.all_seeds[p.iteration * p.batch_size:][:half]
-        tree = original(self, x[:half], sigmas, types.SimpleNamespace(all_seeds=seeds, iteration=0, batch_size=half))
-        if tree is None:
-            return None
 
-        def noise(sigma, sigma_next):
-            first = tree(sigma, sigma_next)
+class AntitheticTorch:
+    """A sampler module's ``torch`` for a block: ``randn`` / ``randn_like`` of an even batch draw half of it and
+    mirror it (the webuis' own TorchHijack, installed per sampler, routes ``randn_like`` to ``p.rng`` instead)."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def randn_like(self, x, *args, **kwargs):
+        if x.ndim == 0 or x.shape[0] % 2:
+            return self._real.randn_like(x, *args, **kwargs)
+        half = self._real.randn_like(x[: x.shape[0] // 2], *args, **kwargs)
+        return self._real.cat([half, -half])
+
+    def randn(self, *size, **kwargs):
+        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+        if not shape or shape[0] % 2:
+            return self._real.randn(*size, **kwargs)
+        half = self._real.randn((shape[0] // 2, *shape[1:]), **kwargs)
+        return self._real.cat([half, -half])
+
+
+def mirrored_brownian(original):
+    """A BrownianTreeNoiseSampler class whose tree covers the first half of the batch (the first half of a per-image
+    seed list) and whose increments are mirrored for the second half."""
+
+    class MirroredBrownianTreeNoiseSampler:
+        def __init__(self, x, *args, **kwargs):
+            half = x.shape[0] // 2
+            if isinstance(kwargs.get("seed"), list):
+                kwargs["seed"] = kwargs["seed"][:half]
+            self.inner = original(x[:half], *args, **kwargs)
+
+        def __call__(self, sigma, sigma_next):
+            first = self.inner(sigma, sigma_next)
             return torch.cat([first, -first])
 
-        return noise
+    return MirroredBrownianTreeNoiseSampler
 
-    common.Sampler.create_noise_sampler = create_noise_sampler
+
+@contextlib.contextmanager
+def antithetic_noise():
+    """For the block, the noise the samplers draw themselves comes in antithetic pairs like ``p.rng``'s: the
+    modules' ``torch.randn`` / ``randn_like`` (:class:`AntitheticTorch`) and their Brownian trees (the host's own tree
+    over half the batch, mirrored; the hosts' ``create_noise_sampler`` builds it from these modules too)."""
+    import sys
+
+    saved = []
+    for name in NOISE_MODULES:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        for attr, make in (("torch", AntitheticTorch), ("BrownianTreeNoiseSampler", mirrored_brownian)):
+            current = getattr(module, attr, None)
+            if current is not None:
+                saved.append((module, attr, current))
+                setattr(module, attr, make(current))
     try:
         yield
     finally:
-        common.Sampler.create_noise_sampler = original
+        for module, attr, value in reversed(saved):
+            setattr(module, attr, value)
 
 
 @dataclasses.dataclass
