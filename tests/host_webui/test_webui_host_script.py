@@ -159,3 +159,21 @@ def test_host_ztsnr_option_yields_to_the_pack(a1111):
     torch.testing.assert_close(result.passes[0].alphas_cumprod, plain.passes[0].alphas_cumprod, rtol=0, atol=0)
     assert [c.tolist() for c in result.passes[0].calls] == [c.tolist() for c in plain.passes[0].calls]
     torch.testing.assert_close(result.latents, plain.latents, rtol=0, atol=0)
+
+
+def test_exact_terminal_keeps_the_table_and_takes_an_analytic_first_step(a1111):
+    """terminal exact: the webui's table still starts at sigma_max 4518.76 (it cannot hold inf), every call is at the
+    same sigmas as with the host clamp, and the first step takes x0 = -v: the brightness ratio is exact (1.000 on
+    the oracle, the clamp's 0.993 comes from the signal the clamped terminal still carries)."""
+    model = a1111.make("stated", STATED)
+    a1111.h.use_model(model)
+    runs = {}
+    for terminal in ("host_clamp", "exact"):
+        runs[terminal] = a1111.h.generate(a1111.data, a1111.h.txt2img(model, "Euler", STEPS, batch_size=2),
+                                          script_args(terminal=terminal), antithetic=2, skip_decode=True)
+    clamp, exact = runs["host_clamp"], runs["exact"]
+    assert exact.vpred_keys()["VPred terminal"] == "exact"
+    assert exact.passes[0].first == pytest.approx(ZTSNR_SIGMA_MAX, rel=SIGMA_RTOL)
+    assert exact.passes[0].call_values() == clamp.passes[0].call_values()
+    torch.testing.assert_close(exact.passes[0].table, clamp.passes[0].table, rtol=0, atol=0)
+    assert abs(webui_oracle.stats(exact.latents).ratio - 1) < 1e-3 < abs(webui_oracle.stats(clamp.latents).ratio - 1)
