@@ -164,3 +164,17 @@ def test_raised_request_leaves_nothing_behind(forge_script, tmp_path):
     assert model.alphas_cumprod is host_alphas and not hasattr(model, pack_forge.SAVED_ATTR)
     assert _pass(forge_script, nxt, p, DISABLED_ARGS, "Euler") is unet
     _assert_host_unet(unet, host_predictor, host_sigmas)
+
+
+@pytest.mark.parametrize("sampler_name", ["Euler", "Heun", "DDIM", "UniPC"])
+def test_plain_checkpoint_with_defaults_is_invisible(forge_script, tmp_path, sampler_name):
+    """A plain eps checkpoint, the accordion at its defaults: the same latents as without the extension through
+    Forge's own sampler, and no VPred key."""
+    webui_forge = host_import("webui_forge")
+    env = webui_forge.forge_env()
+    model = webui_forge.forge_model(env, tmp_path, "plain", (), "epsilon", webui_forge.ForgeOracle("eps", False))
+    host = webui_forge.forge_request(env, None, webui_forge.txt2img_processing(env, model, sampler_name, 2), (), 2)
+    p = webui_forge.txt2img_processing(env, model, sampler_name, 2)
+    ours = webui_forge.forge_request(env, forge_script.data.script_class(), p, script_args(), 2)
+    torch.testing.assert_close(ours, host, rtol=0, atol=0)
+    assert not [k for k in p.extra_generation_params if str(k).startswith("VPred")]

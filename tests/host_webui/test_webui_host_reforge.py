@@ -12,8 +12,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from webui_forge import P, host_ztsnr_step, host_ztsnr_undo, reforge_env, reforge_model, sampling_pass, start
-from webui_host_env import HOST_SIGMA_MAX, SIGMA_MAX_RTOL, WEBUI_PATH, ZTSNR_SIGMA_MAX, pack, script_args
+from webui_forge import (
+    P,
+    host_ztsnr_step,
+    host_ztsnr_undo,
+    reforge_env,
+    reforge_model,
+    sampling_pass,
+    start,
+    txt2img_processing,
+)
+from webui_forge import request as forge_request
+from webui_host_env import HOST_SIGMA_MAX, SIGMA_MAX_RTOL, WEBUI_PATH, ZTSNR_SIGMA_MAX, host_import, pack, script_args
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 
@@ -205,3 +215,18 @@ def test_raised_generation_leaves_nothing_on_the_loaded_unet(reforge, tmp_path):
     assert not getattr(p.sampler, samplers.WRAPPED_FLAG, False) and "get_timesteps" not in vars(p.sampler)
     assert int(p.sampler.get_timesteps(p, STEPS).max()) == HOST_LAST_T  # the host's own leading+1 timesteps
     _assert_original_clean(unet, host_sampling, host_sigmas)
+
+
+@pytest.mark.parametrize("sampler_name", ["Euler", "Heun", "DDIM", "UniPC"])
+def test_plain_checkpoint_with_defaults_is_invisible(reforge, tmp_path, sampler_name):
+    """A plain eps checkpoint (no markers, no YAML), the accordion at its defaults: the same latents as without the
+    extension through reForge's own sampler, and no VPred key."""
+    oracle = host_import("webui_oracle")
+    model = reforge_model(reforge, tmp_path, "plain", markers=(), diffusion_model=oracle.OracleUNet("eps", False))
+    unet = model.forge_objects.unet
+    host = forge_request(reforge, None, txt2img_processing(reforge, model, sampler_name, 2), (), 2)
+    p = txt2img_processing(reforge, model, sampler_name, 2)
+    ours = forge_request(reforge, reforge.data.script_class(), p, script_args(), 2)
+    torch.testing.assert_close(ours, host, rtol=0, atol=0)
+    assert not [k for k in p.extra_generation_params if str(k).startswith("VPred")]
+    assert unet.object_patches == {}

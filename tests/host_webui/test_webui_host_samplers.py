@@ -33,13 +33,7 @@ N_IMAGES = int(os.environ.get("VPRED_SWEEP_IMAGES", "8"))
 CLEAN_SAMPLERS = ("DDIM", "PLMS", "UniPC")
 EXACT_DDIM_TOLERANCE = 0.003  # measured 0.999 (an analytic first step on an exact model)
 LEFTOVER_TOLERANCE = 1.05  # residual std relative to the host's own DDIM (t = 1 at the end)
-# Samplers the hosts ship that fail in EVERY column, the host's own included, for reasons of their own:
-HOST_LIMITS = {
-    "Euler Negative": "reForge: inverts the noise prediction on purpose; off in every mode, eps baseline too",
-    "Euler Negative Dy": "reForge: as Euler Negative, with its Dy step; off in every mode",
-    "Kohaku_LoNyu_Yog": "reForge: off in every mode, eps baseline too",
-}
-RF_HINT = "RF"  # reForge's rectified-flow samplers: NaN in every mode (they expect a flow model)
+RF_HINT = "RF"  # reForge's rectified-flow samplers ("Euler A Comfy RF", ...): NaN in every column
 
 
 def host_is_forge() -> bool:
@@ -49,15 +43,16 @@ def host_is_forge() -> bool:
 
 
 def _limit(name: str) -> str | None:
-    if name in HOST_LIMITS:
-        return HOST_LIMITS[name]
+    """Samplers a host ships that fail in EVERY column, the host's own included, for reasons of their own."""
     if RF_HINT in name.split():
-        return "reForge rectified-flow sampler: NaN in every mode (expects a flow-matching model)"
+        return ("reForge rectified-flow sampler: alpha = 1 - sigma assumes flow-matching sigmas in [0, 1]; with a "
+                "discrete model's VE sigmas (> 1) its renoise coefficient is sqrt(negative): NaN in every column")
     return None
 
 
 def _write(rows, host_label) -> str:
-    lines = [f"## {host_label} ({N_IMAGES} images per run: ratio (per-image spread))", format_table(rows, MODES), "",
+    lines = [f"## {host_label} ({N_IMAGES} images per run: ratio (per-image spread; within-image std))",
+             format_table(rows, MODES), "",
              "leftover noise (within-image std / residual std outside the oracle's features):", ""]
     lines += ["| sampler | " + " | ".join(MODES) + " |", "|" + "---|" * (len(MODES) + 1)]
     for row in rows:
@@ -123,8 +118,7 @@ def test_every_reforge_sampler_on_the_oracle(tmp_path):
     _check(rows)
     for row in rows:  # the listed host limitations fail in the host's own column too (else they are ours)
         if _limit(row.sampler) is not None:
-            cell = row.cells["before"]
-            assert isinstance(cell, str) or not cell.finite or not RATIO_LOW <= cell.ratio <= RATIO_HIGH, row
+            assert all(isinstance(c, str) or not c.finite for c in row.cells.values()), row
 
 
 

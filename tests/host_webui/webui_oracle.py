@@ -172,7 +172,7 @@ class Stats:
     def cell(self) -> str:
         if not self.finite:
             return "NaN/inf"
-        return f"{self.ratio:.3f} ({self.spread:.2f})"
+        return f"{self.ratio:.3f} ({self.spread:.2f}; {self.within:.2f})"
 
 
 def stats(latents: torch.Tensor) -> Stats:
