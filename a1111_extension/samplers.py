@@ -9,8 +9,11 @@ only (instance attributes), so nothing global changes:
   removed per pass (A1111 calls it in both passes) and never replacing another extension's override.
 - DDIM / PLMS (timestep samplers, leading+1 in the host: 20 steps walk 951 .. 1): trailing timesteps with t = 0
   appended, ``[0, 49, 99, ..., 999]`` ascending, so the loop (which returns the latent at ``timesteps[0]``) starts at
-  t = T and ends at t = 0; PLMS's pseudo-improved-Euler first step is replaced by a DDIM step when it starts at SNR ~0.
-  UniPC only reads the number of timesteps (it walks its own grid from t = T) and is left to the host.
+  t = T and ends at t = 0; PLMS's pseudo-improved-Euler first step is replaced by a DDIM step when it starts at SNR ~0
+  (DDIM's too with the exact terminal: x0 = -v there). UniPC only reads the number of timesteps (it walks its own grid
+  from t = T) and is left to the host, also with the exact terminal (its first update from the clamped table).
+- A1111's LCM denoiser reads every model output as eps: for a v model (this pass's ``parameterization``) its
+  ``get_eps`` converts v to eps (:func:`lcm_reads_v`).
 
 Where the host has ``process_before_every_sampling`` (A1111 1.10+, reForge, Forge) it calls :func:`prepare_pass`;
 A1111 1.8 has no hook between creating the txt2img sampler and running it, so for the duration of a request that
@@ -27,7 +30,7 @@ import logging
 import torch
 
 from ..vpred_core.sampling.denoiser import FIRST_STEP_IDS, with_ddim_first_step
-from ..vpred_core.sampling.prediction import x0_from_eps
+from ..vpred_core.sampling.prediction import append_dims, eps_from_v, x0_from_eps
 from ..vpred_core.sampling.schedules import ALREADY_ZTSNR_MAX_ALPHAS_CUMPROD, sigma_schedule, timesteps_for_spacing
 from ..vpred_core.settings import TRAILING
 
@@ -75,11 +78,15 @@ def starts_at_snr0(alphas_cumprod: torch.Tensor, timestep) -> bool:
     return float(alphas_cumprod[int(timestep)]) <= ALREADY_ZTSNR_MAX_ALPHAS_CUMPROD
 
 
-def with_ddim_first_timestep(func, first_step: str = "auto"):
+def with_ddim_first_timestep(func, first_step: str = "auto", exact_terminal: bool = False):
     """A webui timestep-sampler function ``func(model, x, timesteps, extra_args, callback, disable, **kw)`` (eps
     model at integer timesteps, VP x, ascending timesteps, latent returned at timesteps[0]) whose first step from
     SNR ~0 is the deterministic DDIM step (Song et al. 2021 eq. 12): x0 = (x - s_t eps) / alpha_t,
-    x = alpha_prev x0 + s_prev eps; ``func`` then runs on timesteps[:-1]. Callbacks keep the host's numbering."""
+    x = alpha_prev x0 + s_prev eps; ``func`` then runs on timesteps[:-1]. Callbacks keep the host's numbering.
+
+    ``exact_terminal`` (a v model whose schedule ends at abar_T = 0, sampled from the host's clamped table): the first
+    step is taken as at SNR 0: x0 = -v = (s_t x - eps) / alpha_t (eps = alpha_t v + s_t x) and eps_hat = x (z is
+    pure noise there), as :func:`vpred_core.sampling.denoiser.exact_terminal_x0` does for k-diffusion samplers."""
     if first_step not in FIRST_STEP_IDS:
         raise ValueError(f"first_step must be one of {FIRST_STEP_IDS}, got {first_step!r}")
 
@@ -94,14 +101,38 @@ def with_ddim_first_timestep(func, first_step: str = "auto"):
         eps = model(x, t * x.new_ones([x.shape[0]]), **extra_args)
         a_t, a_prev = (abar[i].detach().cpu().to(torch.float64).item() for i in (t, t_prev))
         wide = torch.promote_types(x.dtype, torch.float32)
-        x0 = x0_from_eps(x.to(wide), eps.to(wide), a_t**0.5, (1 - a_t) ** 0.5)
-        x_prev = (a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps.to(wide)).to(x.dtype)
+        if exact_terminal:
+            x0, eps_hat = ((1 - a_t) ** 0.5 * x.to(wide) - eps.to(wide)) / a_t**0.5, x.to(wide)
+        else:
+            x0, eps_hat = x0_from_eps(x.to(wide), eps.to(wide), a_t**0.5, (1 - a_t) ** 0.5), eps.to(wide)
+        x_prev = (a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps_hat).to(x.dtype)
         if callback is not None:
             callback({"x": x_prev, "i": 0, "sigma": 0, "sigma_hat": 0, "denoised": x0.to(x.dtype)})
         shifted = None if callback is None else (lambda info: callback({**info, "i": info["i"] + 1}))
         return func(model, x_prev, timesteps[:-1], extra_args=extra_args, callback=shifted, disable=disable, **kwargs)
 
     return sample
+
+
+def is_lcm_denoiser(model_wrap) -> bool:
+    """A1111's ``LCMCompVisDenoiser``: a k-diffusion ``DiscreteEpsDDPMDenoiser`` over 50 of the 1000 timesteps."""
+    return hasattr(model_wrap, "skip_steps") and hasattr(model_wrap, "get_eps") and hasattr(model_wrap, "inner_model")
+
+
+def lcm_reads_v(model_wrap) -> None:
+    """A1111's LCM denoiser reads every model output as eps (``get_eps`` is ``apply_model``, whatever the
+    ``parameterization``): for this pass's v model its ``get_eps`` returns eps = alpha_t v + s_t z (z = the VP input
+    it is called with, t its timestep) so that the LCM update sees eps."""
+    original = model_wrap.get_eps
+
+    @functools.wraps(original)
+    def get_eps(z, t, **kwargs):
+        v = original(z, t, **kwargs)
+        abar = model_wrap.inner_model.alphas_cumprod.to(z.device)[t.long()].to(torch.float64)
+        alpha, s = append_dims(abar.sqrt(), z.ndim), append_dims((1 - abar).sqrt(), z.ndim)
+        return eps_from_v(z.to(torch.float64), v.to(torch.float64), alpha, s).to(v.dtype)
+
+    model_wrap.get_eps = get_eps
 
 
 def takes_sigmas(func) -> bool:
@@ -164,7 +195,8 @@ def _trailing_timesteps(original):
 
 
 def prepare_pass(p, sampler, spacing: str, first_step: str, exact_terminal: bool) -> None:
-    """Adjust this pass's sampler object (see module docstring); idempotent for one sampler object."""
+    """Adjust this pass's sampler object (see module docstring); idempotent for one sampler object.
+    Call it only for passes of a request the pack acts on, after the pass's model has its plan."""
     if sampler is None or getattr(sampler, WRAPPED_FLAG, False):
         return
     func = getattr(sampler, "func", None)
@@ -174,12 +206,17 @@ def prepare_pass(p, sampler, spacing: str, first_step: str, exact_terminal: bool
         name = _func_name(func)
         if spacing == TRAILING and name in LOOP_TIMESTEP_SAMPLERS:
             sampler.get_timesteps = _trailing_timesteps(sampler.get_timesteps)
-        if name in HIGHER_ORDER_FIRST_TIMESTEP_SAMPLERS and first_step != "sampler":
-            sampler.func = with_ddim_first_timestep(func, first_step)
+        first_order_loop = name in LOOP_TIMESTEP_SAMPLERS and name not in HIGHER_ORDER_FIRST_TIMESTEP_SAMPLERS
+        if first_step != "sampler" and (name in HIGHER_ORDER_FIRST_TIMESTEP_SAMPLERS or
+                                        (exact_terminal and first_order_loop)):
+            sampler.func = with_ddim_first_timestep(func, first_step, exact_terminal)
     else:
         set_trailing_override(p, spacing, pass_scheduler(p))
         if takes_sigmas(func) and first_step != "sampler":
             sampler.func = with_ddim_first_step(func, first_step, exact_terminal)
+        wrap = getattr(sampler, "model_wrap", None)
+        if is_lcm_denoiser(wrap) and getattr(getattr(p, "sd_model", None), "parameterization", None) == "v":
+            lcm_reads_v(wrap)
     setattr(sampler, WRAPPED_FLAG, True)
 
 

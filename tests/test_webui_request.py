@@ -393,6 +393,55 @@ def test_ddim_first_timestep_from_snr0():
     assert torch.equal(seen["timesteps"], ts) and torch.equal(plain, x)  # no SNR 0 start: the host's own loop
 
 
+def test_exact_terminal_first_timestep_is_analytic_and_wraps_ddim():
+    """exact: x0 = -v = (s_T x - eps) / alpha_T and eps_hat = x (pure noise at SNR 0); DDIM is wrapped only then."""
+    abar = schedules.ScheduleSpec(ztsnr=True).alphas_cumprod()  # float64 end to end: the test resolves 1e-9
+    a_t = abar[999]
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    v = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    eps_of = lambda z, t: a_t.sqrt() * v + (1 - a_t).sqrt() * z  # noqa: E731
+    seen = {}
+
+    def rest(model, x, timesteps, extra_args=None, callback=None, disable=None):
+        seen["x"] = x
+        return x
+
+    ts = samplers.webui_timesteps("trailing", 5)
+    samplers.with_ddim_first_timestep(rest, exact_terminal=True)(_EpsModel(abar, eps_of), x, ts)
+    a_prev = abar[int(ts[-2])]
+    torch.testing.assert_close(seen["x"], a_prev.sqrt() * -v + (1 - a_prev).sqrt() * x, rtol=0, atol=1e-9)
+    for exact, wrapped in ((False, False), (True, True)):
+        sampler = _CompVis(ddim)
+        samplers.prepare_pass(_p(), sampler, "trailing", "auto", exact)
+        assert (sampler.func is not ddim) is wrapped
+
+
+class _Lcm:
+    skip_steps = 20
+
+    def __init__(self, abar):
+        self.inner_model = types.SimpleNamespace(alphas_cumprod=abar)
+
+    def get_eps(self, z, t, **kwargs):
+        return torch.ones_like(z)  # the model's raw output (v for a v model)
+
+
+def test_lcm_reads_v_models_as_eps():
+    abar = schedules.ScheduleSpec().alphas_cumprod().float()
+    for prediction, converted in (("v", True), ("eps", False)):
+        wrap = _Lcm(abar)
+        p = _p()
+        p.sd_model = types.SimpleNamespace(parameterization=prediction)
+        samplers.prepare_pass(p, types.SimpleNamespace(func=sample_euler, model_wrap=wrap), "host", "auto", False)
+        z, t = torch.full((2, 4, 8, 8), 0.5), torch.tensor([499, 999])
+        eps = wrap.get_eps(z, t)
+        if not converted:
+            assert torch.equal(eps, torch.ones_like(z))
+            continue
+        alpha, s = abar[t].double().sqrt().view(-1, 1, 1, 1), (1 - abar[t].double()).sqrt().view(-1, 1, 1, 1)
+        torch.testing.assert_close(eps.double(), (alpha * 1.0 + s * 0.5).expand(z.shape), rtol=1e-6, atol=1e-6)
+
+
 # ---- loader
 
 

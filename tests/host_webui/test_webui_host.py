@@ -1,31 +1,32 @@
 """Host tests against a webui source tree (``WEBUI_PATH``); skipped when it is unset (setup in conftest.py).
 
-Only modules that import without launching the UI are used (see docs/HOST_TESTING.md, "webui")."""
+The loader, the CFG callbacks with the host's own callback registry and prompt parser, and reForge's model-sampling
+object built from the plan (only modules that import without launching the UI)."""
 
 import importlib
 import importlib.util
 import os
-import pathlib
 import sys
 
 import pytest
 import torch
-from webui_host_env import host_import, initialized_shared
+from webui_host_env import PACKAGE_NAME, ROOT, WEBUI_PATH, host_import, initialized_shared, pack, script_args
 
-WEBUI_PATH = os.environ.get("WEBUI_PATH")
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.host,
     pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui source tree)"),
 ]
-
-
-def _try_import(name):
-    return host_import(name)
+PHI = 0.7
+REPOSITORY_TOP_LEVEL = {"a1111_extension", "vpred_core", "nodes", "tests", "scripts", "__init__"}
 
 
 def test_scripts_loader_imports_extension_like_the_webui():
-    """As modules.scripts.load_scripts: extension root first on sys.path, module loaded from its file path."""
+    """As modules.scripts.load_scripts: extension root first on sys.path, module loaded from its file path; the
+    repository becomes the private package ``vpred_ztsnr_toolkit`` and no generic top-level name is exposed."""
+    scripts = host_import("modules.scripts")
+    callbacks = host_import("modules.script_callbacks")
+    saved = {key: list(value) for key, value in callbacks.callback_map.items()}
+    before = set(sys.modules)
     sys.path.insert(0, str(ROOT))  # (in place: the host's modules.paths adds its repositories meanwhile)
     try:
         path = ROOT / "scripts" / "vpred_ztsnr.py"
@@ -34,11 +35,15 @@ def test_scripts_loader_imports_extension_like_the_webui():
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(ROOT))
+        for key, value in saved.items():  # loading again registered the extension's callbacks a second time
+            callbacks.callback_map[key][:] = value
     package = module.load_package()
-    assert package.__name__ == "vpred_ztsnr_webui"
-    assert importlib.import_module("vpred_ztsnr_webui.logic_ui").ARG_NAMES
-    scripts = _try_import("modules.scripts")
+    assert package.__name__ == PACKAGE_NAME == module.PACKAGE_NAME
+    assert importlib.import_module(f"{PACKAGE_NAME}.a1111_extension.ui").ARG_NAMES
     assert module.in_webui() and issubclass(module.VPredScript, scripts.Script)
+    importlib.import_module(f"{PACKAGE_NAME}.a1111_extension.request")
+    new_top_level = {name.split(".")[0] for name in set(sys.modules) - before}
+    assert not new_top_level & REPOSITORY_TOP_LEVEL, "the extension exposed a generic top-level module name"
 
 
 class _Sampler:
@@ -58,11 +63,11 @@ class _P:
 
 def test_cfg_hook_with_real_callbacks_and_prompt_parser():
     initialized_shared()  # the host's callbacks read shared.opts
-    script_callbacks = _try_import("modules.script_callbacks")
-    prompt_parser = _try_import("modules.prompt_parser")
-    from a1111_extension.a1111_callbacks import RequestCallbacks, remove_stale
-    from a1111_extension.logic_ui import args_to_request
-    from vpred_core.sampling.cfg import rescale_cfg_denoised
+    script_callbacks = host_import("modules.script_callbacks")
+    prompt_parser = host_import("modules.prompt_parser")
+    guidance = pack("a1111_extension.guidance")
+    ui = pack("a1111_extension.ui")
+    cfg = pack("vpred_core.sampling.cfg")
 
     torch.manual_seed(0)
     batch = 2
@@ -72,8 +77,8 @@ def test_cfg_hook_with_real_callbacks_and_prompt_parser():
         shape=(batch,), batch=[[prompt_parser.ComposableScheduledPromptConditioning(s)] for s in scheduled]
     )
     p = _P()
-    settings = args_to_request((True, "auto", "auto", 0, True, 0.7, "v", 0, 0, "zero")).settings
-    callbacks = RequestCallbacks(p, settings, rescale_here=True)
+    settings = ui.request_from_args(script_args(phi=PHI, uncond="zero")).settings
+    callbacks = guidance.RequestCallbacks(p, settings, rescale_here=True)
     callbacks.register()
     try:
         x = torch.randn(batch, 4, 8, 8) * 5
@@ -89,7 +94,7 @@ def test_cfg_hook_with_real_callbacks_and_prompt_parser():
         x_out = torch.cat([cond_x0, uncond_x0])
         script_callbacks.cfg_denoised_callback(script_callbacks.CFGDenoisedParams(x_out, 0, 20, None))
         combined = x_out[batch:] + 7.0 * (x_out[:batch] - x_out[batch:])
-        expected = rescale_cfg_denoised(x, sigma, cond_x0, uncond_x0, 7.0, 0.7, "v")
+        expected = cfg.rescale_cfg_denoised(x, sigma, cond_x0, uncond_x0, 7.0, PHI, "v")
         torch.testing.assert_close(combined, expected, rtol=1e-5, atol=1e-5)
         # a denoiser of another request is ignored
         other_denoiser = _Denoiser(_P(), None)
@@ -100,15 +105,15 @@ def test_cfg_hook_with_real_callbacks_and_prompt_parser():
         callbacks.remove()
     assert not any(getattr(c.callback, "__self__", None) is callbacks
                    for c in script_callbacks.callback_map["callbacks_cfg_denoiser"])
-    stale = RequestCallbacks(p, settings, rescale_here=True)
+    stale = guidance.RequestCallbacks(p, settings, rescale_here=True)
     stale.register()
-    assert remove_stale() == 2
+    assert guidance.remove_stale_callbacks() == 2
 
 
 def test_reforge_model_sampling_patch_object():
-    ms = _try_import("ldm_patched.modules.model_sampling")
-    from a1111_extension.patcher import _reforge_model_sampling
-    from vpred_core.settings import Detected, ModelSamplingSettings, resolve_model_sampling
+    ms = host_import("ldm_patched.modules.model_sampling")
+    forge = pack("a1111_extension.forge")
+    settings = pack("vpred_core.settings")
 
     class EpsSampling(ms.ModelSamplingDiscrete, ms.EPS):
         pass
@@ -122,9 +127,10 @@ def test_reforge_model_sampling_patch_object():
     class _Unet:
         model = _Model()
 
-    plan = resolve_model_sampling(ModelSamplingSettings(), Detected(prediction="v", ztsnr=True),
-                                  Detected(prediction="eps", ztsnr=True))
-    obj = _reforge_model_sampling(_Unet(), plan, plan.sigmas())
+    stated = settings.Detected(prediction="v", ztsnr=True)
+    plan = settings.resolve_model_sampling(settings.ModelSamplingSettings(), stated,
+                                           settings.Detected(prediction="eps", ztsnr=True))
+    obj = forge._reforge_model_sampling(_Unet(), plan, plan.sigmas())
     assert isinstance(obj, ms.V_PREDICTION)
     assert float(obj.sigma_max) == pytest.approx(4518.76, rel=1e-3)
     torch.testing.assert_close(obj.sigmas, host_sampling.sigmas.float(), rtol=1e-4, atol=1e-5)

@@ -9,7 +9,7 @@ import types
 
 import pytest
 import yaml
-from webui_host_env import WEBUI_PATH, host_import, load_vpred_script, tiny_ldm_model
+from webui_host_env import WEBUI_PATH, host_import, load_vpred_script, pack, script_args, tiny_ldm_model
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 ckpt_factory = pytest.importorskip("ckpt_factory")
@@ -18,13 +18,16 @@ AUTO_YAML_OPTION = "vpred_auto_yaml"
 SCAN_THREAD = "vpred-yaml-scan"
 SCAN_TIMEOUT_S = 30
 EXISTING_YAML = "# the user's own config\n"
-# enabled, prediction, ztsnr, beta_end, trailing, phi, space, sigma_high, sigma_low, uncond
-PASTE_ARGS = (True, "v", "on", 0.024, True, 0.7, "x0", 20.0, 0.5, "comma")
 
 
 @pytest.fixture(scope="module")
 def loaded_script():
     return load_vpred_script()
+
+
+def _paste_args():
+    return script_args(prediction="v", ztsnr="on", beta_end=0.024, spacing="trailing", phi=0.7, space="x0",
+                       sigma_high=20.0, sigma_low=0.5, uncond="comma", terminal="exact", first_step="ddim")
 
 
 @pytest.fixture
@@ -116,24 +119,26 @@ def _script_with_ui(data):
 
 def test_infotext_round_trips_through_host_paste(loaded_script, tmp_path):
     """process() -> the host's create_infotext -> infotext_utils.parse_generation_parameters -> the accordion's
-    paste-back getters give the request's values back."""
+    paste-back getters give a request with the same settings (the applied values; forced here, so the requested)."""
     _, data = loaded_script
     processing = host_import("modules.processing")
     infotext_utils = host_import("modules.infotext_utils")
+    ui = pack("a1111_extension.ui")
     model = tiny_ldm_model(tmp_path)
     model.sd_model_hash = None
     p = processing.StableDiffusionProcessingTxt2Img(sd_model=model, prompt="a cat", negative_prompt="", steps=3,
                                                     sampler_name="Euler", do_not_save_samples=True)
     script = _script_with_ui(data)
-    script.before_process(p, *PASTE_ARGS)
+    script.before_process(p, *_paste_args())
     p.setup_prompts()
     p.all_seeds, p.all_subseeds = [0], [0]
-    script.process(p, *PASTE_ARGS)
+    script.process(p, *_paste_args())
     try:
         text = processing.create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds)
     finally:
-        script.postprocess(p, None, *PASTE_ARGS)
+        script.postprocess(p, None, *_paste_args())
     params = infotext_utils.parse_generation_parameters(text)
     assert params["Negative prompt"] == ","  # comma mode writes the negative actually used
     pasted = tuple(getter(params) for _, getter in script.infotext_fields)
-    assert pasted == pytest.approx(PASTE_ARGS)
+    assert None not in pasted and pasted[0] is True
+    assert ui.request_from_args(pasted) == ui.request_from_args(_paste_args())

@@ -15,7 +15,6 @@ import types
 import pytest
 import torch
 from webui_host_env import (
-    ENABLED_ARGS,
     HOST_SIGMA_MAX,
     PHI,
     SIGMA_MAX_RTOL,
@@ -23,6 +22,8 @@ from webui_host_env import (
     ZTSNR_SIGMA_MAX,
     host_import,
     initialize_forge_backend,
+    pack,
+    script_args,
 )
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
@@ -84,32 +85,34 @@ def _processing(forge, unet):
 
 
 def _plan_and_settings(args):
-    from a1111_extension.logic_ui import args_to_request
-    from vpred_core.settings import Detected, resolve_model_sampling
-
-    request = args_to_request(args)
-    plan = resolve_model_sampling(request.settings.model_sampling, Detected(prediction="v", ztsnr=True),
-                                  Detected(prediction="eps", ztsnr=False))
+    settings = pack("vpred_core.settings")
+    request = pack("a1111_extension.ui").request_from_args(args)
+    plan = settings.resolve_model_sampling(request.settings.model_sampling,
+                                           settings.Detected(prediction="v", ztsnr=True),
+                                           settings.Detected(prediction="eps", ztsnr=False))
     return plan, request.settings
 
 
+def _patch(p, plan, settings):
+    """forge.patch_unet as prepare_pass calls it (the plan's sigmas from the host's schedule tensor)."""
+    forge = pack("a1111_extension.forge")
+    forge.patch_unet(p, forge.FORGE, plan, plan.sigmas(forge.host_abar(p.sd_model)), settings)
+
+
+ENABLED_ARGS = script_args(phi=PHI, uncond="zero")
 
 
 def test_detected_as_forge(forge):
-    from a1111_extension.host import FORGE, detect_host
-
-    assert detect_host(_processing(forge, _forge_unet(forge)).sd_model) == FORGE
+    request = pack("a1111_extension.request")
+    assert request.detect_host(_processing(forge, _forge_unet(forge)).sd_model) == pack("a1111_extension.forge").FORGE
 
 
 def test_predictor_patch_on_a_clone(forge):
-    from a1111_extension.host import FORGE
-    from a1111_extension.patcher import patch_unet
-
     unet = _forge_unet(forge)
     host_predictor, host_sigmas = unet.model.predictor, unet.model.predictor.sigmas.clone()
     p = _processing(forge, unet)
     plan, settings = _plan_and_settings(ENABLED_ARGS)
-    patch_unet(p, FORGE, plan, settings)
+    _patch(p, plan, settings)
     patched = p.sd_model.forge_objects.unet
     assert patched is not unet and "predictor" in patched.object_patches
     predictor = patched.get_model_object("predictor")
@@ -131,16 +134,13 @@ def _conds(forge):
 @pytest.mark.parametrize("hr_pass", [False, True], ids=["first-pass", "hires-pass"])
 def test_post_cfg_through_forge_sampling_function(forge, hr_pass):
     """sampling_function_inner (Forge passes no cond_scale to post-cfg functions): the pass's own scale is used."""
-    from a1111_extension.host import FORGE
-    from a1111_extension.patcher import patch_unet
-    from vpred_core.sampling.cfg import rescale_cfg_denoised
-
+    rescale_cfg_denoised = pack("vpred_core.sampling.cfg").rescale_cfg_denoised
     unet = _forge_unet(forge)
     p = _processing(forge, unet)
     p.is_hr_pass = hr_pass
     scale = HR_CFG if hr_pass else CFG_SCALE
     plan, settings = _plan_and_settings(ENABLED_ARGS)
-    patch_unet(p, FORGE, plan, settings)
+    _patch(p, plan, settings)
     patched = p.sd_model.forge_objects.unet
     cond, uncond = _conds(forge)
     gen = torch.Generator().manual_seed(SEED)
@@ -164,15 +164,12 @@ def test_post_cfg_through_forge_sampling_function(forge, hr_pass):
 def test_host_ztsnr_is_not_applied_twice(forge):
     """Forge's processing rescales the loaded predictor in place (model_config.ztsnr / the global setting); the
     patched predictor is built from scratch and matches Forge's single rescale."""
-    from a1111_extension.host import FORGE
-    from a1111_extension.patcher import patch_unet
-
     unet = _forge_unet(forge)
     host_predictor = unet.model.predictor
     host_predictor.set_sigmas(forge.k_prediction.rescale_zero_terminal_snr_sigmas(host_predictor.sigmas))
     p = _processing(forge, unet)
     plan, settings = _plan_and_settings(ENABLED_ARGS)
-    patch_unet(p, FORGE, plan, settings)
+    _patch(p, plan, settings)
     predictor = p.sd_model.forge_objects.unet.get_model_object("predictor")
     torch.testing.assert_close(predictor.sigmas, host_predictor.sigmas, rtol=1e-4, atol=1e-5)
     assert float(predictor.sigma_max) == pytest.approx(ZTSNR_SIGMA_MAX, rel=SIGMA_MAX_RTOL)

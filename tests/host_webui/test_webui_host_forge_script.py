@@ -15,13 +15,15 @@ import pytest
 import torch
 from test_webui_host_forge import _forge_unet, forge  # noqa: F401 - module fixture
 from webui_host_env import (
-    FORCED_ZTSNR_ARGS,
     HOST_SIGMA_MAX,
+    PHI,
     SIGMA_MAX_RTOL,
     WEBUI_PATH,
     ZTSNR_SIGMA_MAX,
     host_import,
     load_vpred_script,
+    pack,
+    script_args,
 )
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
@@ -32,7 +34,9 @@ CFG_SCALE = 7.0
 LAST_T = 999
 HOST_LAST_T = 951
 LATENT_SHAPE = (1, 4, 8, 8)
-DISABLED_ARGS = (False, *FORCED_ZTSNR_ARGS[1:])
+FORCED_ZTSNR_ARGS = script_args(ztsnr="on", phi=PHI, uncond="zero")
+DISABLED_ARGS = script_args(enabled=False, ztsnr="on", phi=PHI, uncond="zero")
+TRAILING = [0, *range(49, 1000, 50)]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +116,7 @@ def test_request_patches_a_clone_and_euler_starts_at_ztsnr_sigma_max(forge_scrip
     assert len(patched.model_options.get("sampler_post_cfg_function") or []) == 1
     assert float(p.sampler.get_sigmas(p, STEPS)[0]) == pytest.approx(ZTSNR_SIGMA_MAX, rel=SIGMA_MAX_RTOL)
     _assert_host_unet(unet, host_predictor, host_sigmas)
-    assert p.extra_generation_params.get("VPred enabled")
+    assert p.extra_generation_params["VPred ZTSNR"] == "on" and p.extra_generation_params["VPred spacing"] == "trailing"
     script.postprocess(p, None, *FORCED_ZTSNR_ARGS)
     nxt, q = forge_script.data.script_class(), _P(model)
     _start(nxt, q, DISABLED_ARGS)
@@ -124,13 +128,17 @@ def test_request_patches_a_clone_and_euler_starts_at_ztsnr_sigma_max(forge_scrip
 def test_timestep_samplers_reach_t_max(forge_script, tmp_path, sampler_name):
     """Forge's timestep samplers map t to sigma through ``sd_model.alphas_cumprod`` (recomputed from the loaded
     predictor when the sampler is created): the pass gets the plan's, t=999 is reached and maps to sigma_max."""
-    timesteps_mod = host_import("modules.sd_samplers_timesteps")
+    pack_forge = pack("a1111_extension.forge")
     model = _model(forge_script, tmp_path)
     script, p = forge_script.data.script_class(), _P(model)
     _start(script, p, FORCED_ZTSNR_ARGS)
     patched = _pass(forge_script, script, p, FORCED_ZTSNR_ARGS, sampler_name)
-    host_alphas = model.vpred_saved_pass_alphas.host
-    assert int(p.sampler.get_timesteps(p, STEPS).max()) == LAST_T
+    host_alphas = getattr(model, pack_forge.SAVED_ATTR).host
+    timesteps = p.sampler.get_timesteps(p, STEPS)
+    if sampler_name == "UniPC":  # left to the host: only the number of timesteps is read, it walks its own grid
+        assert int(timesteps.max()) == HOST_LAST_T
+    else:
+        assert timesteps.tolist() == TRAILING
     abar = p.sampler.model_wrap_cfg.inner_model.inner_model.alphas_cumprod
     sigma = ((1 - abar[LAST_T]) / abar[LAST_T]) ** 0.5
     assert float(sigma) == pytest.approx(ZTSNR_SIGMA_MAX, rel=SIGMA_MAX_RTOL)
@@ -138,22 +146,35 @@ def test_timestep_samplers_reach_t_max(forge_script, tmp_path, sampler_name):
     assert round(float(predictor.timestep(sigma.view(1)))) == LAST_T
     script.postprocess(p, None, *FORCED_ZTSNR_ARGS)
     assert model.alphas_cumprod is host_alphas
-    assert not hasattr(timesteps_mod.CompVisSampler.get_timesteps, "vpred_original_get_timesteps")
-    assert int(p.sampler.get_timesteps(p, STEPS).max()) == HOST_LAST_T
+    fresh = forge_script.sd_samplers.create_sampler(sampler_name, model)  # the host's next sampler: its own
+    assert int(fresh.get_timesteps(_P(model), STEPS).max()) == HOST_LAST_T
 
 
 def test_raised_request_leaves_nothing_behind(forge_script, tmp_path):
-    timesteps_mod = host_import("modules.sd_samplers_timesteps")
+    pack_forge = pack("a1111_extension.forge")
     model = _model(forge_script, tmp_path)
     unet = model.forge_objects.unet
     host_predictor, host_sigmas = unet.model.predictor, unet.model.predictor.sigmas.clone()
     script, crashed = forge_script.data.script_class(), _P(model)
     _start(script, crashed, FORCED_ZTSNR_ARGS)
     _pass(forge_script, script, crashed, FORCED_ZTSNR_ARGS, "DDIM")  # ... sampling raised: no postprocess
-    host_alphas = model.vpred_saved_pass_alphas.host
+    host_alphas = getattr(model, pack_forge.SAVED_ATTR).host
     nxt, p = forge_script.data.script_class(), _P(model)
     _start(nxt, p, DISABLED_ARGS)
-    assert model.alphas_cumprod is host_alphas
-    assert not hasattr(timesteps_mod.CompVisSampler.get_timesteps, "vpred_original_get_timesteps")
+    assert model.alphas_cumprod is host_alphas and not hasattr(model, pack_forge.SAVED_ATTR)
     assert _pass(forge_script, nxt, p, DISABLED_ARGS, "Euler") is unet
     _assert_host_unet(unet, host_predictor, host_sigmas)
+
+
+@pytest.mark.parametrize("sampler_name", ["Euler", "Heun", "DDIM", "UniPC"])
+def test_plain_checkpoint_with_defaults_is_invisible(forge_script, tmp_path, sampler_name):
+    """A plain eps checkpoint, the accordion at its defaults: the same latents as without the extension through
+    Forge's own sampler, and no VPred key."""
+    webui_forge = host_import("webui_forge")
+    env = webui_forge.forge_env()
+    model = webui_forge.forge_model(env, tmp_path, "plain", (), "epsilon", webui_forge.ForgeOracle("eps", False))
+    host = webui_forge.forge_request(env, None, webui_forge.txt2img_processing(env, model, sampler_name, 2), (), 2)
+    p = webui_forge.txt2img_processing(env, model, sampler_name, 2)
+    ours = webui_forge.forge_request(env, forge_script.data.script_class(), p, script_args(), 2)
+    torch.testing.assert_close(ours, host, rtol=0, atol=0)
+    assert not [k for k in p.extra_generation_params if str(k).startswith("VPred")]

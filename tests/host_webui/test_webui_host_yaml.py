@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 import yaml
-from webui_host_env import WEBUI_PATH, host_import, initialized_shared
+from webui_host_env import WEBUI_PATH, host_import, initialized_shared, is_forge_family, load_vpred_script, pack
 
 pytestmark = [pytest.mark.host, pytest.mark.skipif(not WEBUI_PATH, reason="WEBUI_PATH is not set (no webui tree)")]
 ckpt_factory = pytest.importorskip("ckpt_factory")
@@ -49,15 +49,12 @@ def _write_crafted(tmp_path, family: str, linear_end: float | None) -> str:
     path = str(tmp_path / f"{family}_v.safetensors")
     ckpt_factory.build_checkpoint(path, family, markers=("v_pred", "ztsnr"))
     if linear_end is None:
-        from a1111_extension.model_files import write_yaml_if_needed
-
-        assert write_yaml_if_needed(path) is not None
+        assert pack("a1111_extension.checkpoints").write_yaml_if_needed(path) is not None
     else:
-        from vpred_core.checkpoints.sidecar_yaml import WRITTEN, write_yaml_for_checkpoint
-
+        sidecar_yaml = pack("vpred_core.checkpoints.sidecar_yaml")
         override = tmp_path / "override.yaml"
         override.write_text(yaml.safe_dump({"prediction": "v", "linear_end": linear_end}))
-        assert write_yaml_for_checkpoint(path, override_path=str(override)).status == WRITTEN
+        assert sidecar_yaml.write_yaml_for_checkpoint(path, override_path=str(override)).status == sidecar_yaml.WRITTEN
     return path
 
 
@@ -72,9 +69,7 @@ def _shrunk_ldm_config(config_path: str):
 
 
 def _core_alphas(linear_end: float) -> torch.Tensor:
-    from vpred_core.sampling.schedules import ScheduleSpec
-
-    return ScheduleSpec(linear_end=linear_end).alphas_cumprod()
+    return pack("vpred_core.sampling.schedules").ScheduleSpec(linear_end=linear_end).alphas_cumprod()
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
@@ -106,3 +101,49 @@ def test_crafted_sdxl_yaml_denoiser_is_vscaling(tmp_path, linear_end):
     expected = _core_alphas(linear_end or DEFAULT_BETA_END)
     expected_sigmas = ((1 - expected) / expected).sqrt()
     torch.testing.assert_close(denoiser.sigmas.double(), expected_sigmas, rtol=SIGMAS_RTOL, atol=0)
+
+
+# ---- issue 10 item 3: a YAML added / edited / removed after a first request is seen at once (A1111 request) ------
+
+FRESH_STEPS = 4
+
+
+def _write_yaml(checkpoint: str, directory, linear_end: float) -> str:
+    sidecar_yaml = pack("vpred_core.checkpoints.sidecar_yaml")
+    override = directory / "override.yaml"
+    override.write_text(yaml.safe_dump({"prediction": "v", "linear_end": linear_end}))
+    outcome = sidecar_yaml.write_yaml_for_checkpoint(checkpoint, override_path=str(override), force=True)
+    assert outcome.status == sidecar_yaml.WRITTEN, outcome
+    return outcome.yaml_path
+
+
+def test_yaml_beside_the_checkpoint_is_read_again_for_every_request(tmp_path):
+    """The model object stays loaded (the host reads a YAML only when it loads a checkpoint); the pack reads the
+    checkpoint's statements per request, keyed on the checkpoint and the YAML beside it (size, mtime)."""
+    if is_forge_family():
+        pytest.skip("A1111 request (webui_a1111.py)")
+    import os
+
+    import webui_a1111
+
+    _, data = load_vpred_script()
+    models = webui_a1111.Models(str(tmp_path))
+    try:
+        model = models.make("later_yaml", ())
+        webui_a1111.use_model(model)
+        checkpoint = model.sd_checkpoint_info.filename
+
+        def keys():
+            result = webui_a1111.generate(data, webui_a1111.txt2img(model, "Euler", FRESH_STEPS), skip_decode=True)
+            return result.vpred_keys()
+
+        assert keys() == {}  # states nothing: the host alone
+        written = _write_yaml(checkpoint, tmp_path, 0.0125)
+        first = keys()
+        assert (first["VPred prediction"], float(first["VPred linear end"])) == ("v", 0.0125)
+        _write_yaml(checkpoint, tmp_path, 0.013)  # edited
+        assert float(keys()["VPred linear end"]) == 0.013
+        os.remove(written)
+        assert keys() == {}
+    finally:
+        models.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import pathlib
+import sys
 import types
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 WEBUI_PATH = os.environ.get("WEBUI_PATH")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXTENSION_DIRNAME = "vpred-ztsnr-toolkit"
+PACKAGE_NAME = "vpred_ztsnr_toolkit"  # scripts/vpred_ztsnr.py registers the repository under this name
 # Shared by the host tests: the ZTSNR / SD sigma_max the hosts report, and the accordion's argument tuples.
 ZTSNR_SIGMA_MAX = 4518.76
 HOST_SIGMA_MAX = 14.6146
@@ -103,3 +106,22 @@ def tiny_ldm_model(tmp_path, name: str = "tiny_v", markers=("v_pred", "ztsnr")):
     model.sd_checkpoint_info = types.SimpleNamespace(filename=checkpoint)
     sd_models.model_data.set_sd_model(model)
     return model
+
+
+def pack(name: str):
+    """``vpred_ztsnr_toolkit.<name>``: the module objects the webui-loaded Script uses (the package is registered as
+    ``scripts/vpred_ztsnr.py`` does when the script loader has not run, e.g. for Forge's backend in a gradio-3 venv)."""
+    if PACKAGE_NAME not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(PACKAGE_NAME, None, is_package=True)
+        spec.submodule_search_locations = [str(ROOT)]
+        sys.modules[PACKAGE_NAME] = importlib.util.module_from_spec(spec)
+    return importlib.import_module(f"{PACKAGE_NAME}.{name}")
+
+
+def script_args(**values) -> tuple:
+    """The accordion's values in ``ARG_NAMES`` order (what the webui passes to the Script): defaults + ``values``."""
+    ui = pack("a1111_extension.ui")
+    unknown = set(values) - set(ui.ARG_NAMES)
+    assert not unknown, f"unknown accordion argument(s) {unknown}"
+    merged = {**ui.ARG_DEFAULTS, **values}
+    return tuple(merged[name] for name in ui.ARG_NAMES)
