@@ -235,12 +235,14 @@ def remove_stale_callbacks() -> int:
     """Remove RequestCallbacks left registered by a generation that never reached postprocess."""
     from modules import script_callbacks
 
-    removed = 0
-    for key in CALLBACK_LIST_KEYS:
-        callbacks = script_callbacks.callback_map.get(key, [])
-        for entry in [c for c in callbacks if isinstance(getattr(c.callback, "__self__", None), RequestCallbacks)]:
-            callbacks.remove(entry)
-            removed += 1
+    stale = {entry.callback for key in CALLBACK_LIST_KEYS for entry in script_callbacks.callback_map.get(key, [])
+             if isinstance(getattr(entry.callback, "__self__", None), RequestCallbacks)}
+    removed = len(stale)
+    for callback in stale:
+        # the host's own removal: A1111 1.10+ also keeps a sorted copy (ordered_callbacks_map) that is reused while
+        # its length matches, so removing from callback_map alone would leave a stale entry there and hide the
+        # next callback another script registers
+        script_callbacks.remove_callbacks_for_function(callback)
     if removed:
         logger.info("V-Pred: removed %d callbacks left by an interrupted generation", removed)
     return removed

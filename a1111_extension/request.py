@@ -374,7 +374,9 @@ def probe_callable(sd_model):
     network with the empty-prompt conditioning closed over, extra input channels of inpainting / instruct-pix2pix
     models appended."""
     net = diffusion_network(sd_model)
-    parameter = next(net.parameters())
+    parameter = next(net.parameters(), None)
+    if parameter is None:
+        raise ValueError(f"{type(net).__name__} has no parameters (not a UNet the probe can run)")
     dtype, device = parameter.dtype, parameter.device
     context, y = _empty_prompt_conditioning(sd_model, net)
     extra = int(getattr(net, "in_channels", LATENT_CHANNELS)) - LATENT_CHANNELS
@@ -405,8 +407,9 @@ def ensure_probed(sd_model) -> None:
     try:
         checkpoints.probe_loaded_model(path, *probe_callable(sd_model))
     except Exception as exc:  # noqa: BLE001 - a foreign network the probe cannot call: report, sample as the host
-        logger.warning("V-Pred: could not probe %s: %s", path, exc)
-        checkpoints.remember_probe(path, checkpoints.ProbeFailure(str(exc)))
+        problem = f"{type(exc).__name__}: {exc}"
+        logger.warning("V-Pred: could not probe %s: %s", path, problem)
+        checkpoints.remember_probe(path, checkpoints.ProbeFailure(problem))
 
 
 def register_callbacks() -> None:

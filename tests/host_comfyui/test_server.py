@@ -25,7 +25,7 @@ POLL_S = 0.5
 HOST = "127.0.0.1"
 TEST_SIZE = 64
 TEST_STEPS = 3
-PACK_NODE_COUNT = 7
+PACK_NODE_COUNT = 8  # tests/test_comfy_nodes_contract.py EXPECTED_IDS
 
 
 def free_port() -> int:
