@@ -228,13 +228,20 @@ def request(env, script, p, args, n):
 
 def sweep_reforge(env, directory, modes, n_images: int, steps: int = STEPS, only=None):
     """Every entry of reForge's ``sd_samplers.all_samplers`` in every mode (see webui_a1111.sweep_mode_args)."""
-    from webui_a1111 import sweep_mode_args
-    from webui_oracle import Row, stats
-
     models = {
         "before": reforge_model(env, directory, "oracle_v", ("v_pred",), diffusion_model=OracleUNet()),
         "pack": reforge_model(env, directory, "oracle_plain", (), diffusion_model=OracleUNet()),
     }
+    return sweep_registry(env, models, request, modes, n_images, steps, only)
+
+
+def sweep_registry(env, models, run_request, modes, n_images: int, steps: int, only=None):
+    """{sampler: {mode: Stats or error text}} over the host's ``sd_samplers.all_samplers``: ``models["before"]`` (a v
+    model, the host's own ZTSNR option) for the webui alone, ``models["pack"]`` (a plain file) for the pack's modes;
+    ``run_request(env, script, p, args, n_images)`` runs one request in the host's pass order."""
+    from webui_a1111 import sweep_mode_args
+    from webui_oracle import Row, stats
+
     rows = []
     for config in env.sd_samplers.all_samplers:
         if only and config.name not in only:
@@ -248,7 +255,7 @@ def sweep_reforge(env, directory, modes, n_images: int, steps: int = STEPS, only
             p = txt2img_processing(env, model, config.name, n_images, steps)
             try:
                 with host_option(env, "sd_noise_schedule", HOST_ZTSNR_LABEL if args is False else "Default"):
-                    cells[mode] = stats(request(env, script, p, args, n_images))
+                    cells[mode] = stats(run_request(env, script, p, args, n_images))
             except Exception as exc:  # noqa: BLE001 - a sampler that raises is a table entry
                 cells[mode] = f"error: {type(exc).__name__}: {exc}"[:90]
         rows.append(Row(config.name, cells))
@@ -343,26 +350,6 @@ def forge_request(env, script, p, args, n):
 
 def sweep_forge(env, directory, modes, n_images: int, steps: int = STEPS, only=None):
     """Every entry of Forge's ``sd_samplers.all_samplers`` in every mode (see webui_a1111.sweep_mode_args)."""
-    from webui_a1111 import sweep_mode_args
-    from webui_oracle import Row, stats
-
     models = {"before": forge_model(env, directory, "oracle_v", ("v_pred",), "v_prediction"),
               "pack": forge_model(env, directory, "oracle_plain", (), "epsilon")}
-    rows = []
-    for config in env.sd_samplers.all_samplers:
-        if only and config.name not in only:
-            continue
-        cells = {}
-        for mode in modes:
-            args = sweep_mode_args(mode)
-            model = models["before" if args is False else "pack"]
-            env.sd_models.model_data.set_sd_model(model)
-            script = None if args is False else env.data.script_class()
-            p = txt2img_processing(env, model, config.name, n_images, steps)
-            try:
-                with host_option(env, "sd_noise_schedule", HOST_ZTSNR_LABEL if args is False else "Default"):
-                    cells[mode] = stats(forge_request(env, script, p, args, n_images))
-            except Exception as exc:  # noqa: BLE001 - a sampler that raises is a table entry
-                cells[mode] = f"error: {type(exc).__name__}: {exc}"[:90]
-        rows.append(Row(config.name, cells))
-    return rows
+    return sweep_registry(env, models, forge_request, modes, n_images, steps, only)
