@@ -13,7 +13,8 @@ affine single-class oracle. Every pack / exact ratio must lie in [0.95, 1.05] (t
 host limitations listed below excepted, with the reason), and DDIM / PLMS / UniPC must end at a clean latent: the
 latent's std outside the oracle's two features no larger than after the host's own DDIM (which ends at t = 1).
 Tables are printed (``-s``) and written to ``$VPRED_SWEEP_TABLE`` when set; ``$VPRED_SWEEP_IMAGES`` (default 8)
-images per run. Slow: one host's registry x 3 columns takes 10-30 min on 2 CPU cores (``-m "not slow"`` skips)."""
+images per run. Slow: one host's registry x 3 columns takes 0.5-1.5 min on 2 shared CPU cores at 8 images
+(``-m "not slow"`` skips)."""
 
 from __future__ import annotations
 
