@@ -112,7 +112,8 @@ def step_time(nodes, model, steps: int, positive, negative, size: int) -> float:
     latent = {"samples": torch.zeros(1, LATENT_CHANNELS, size, size)}
     mm.soft_empty_cache()
     start = time.perf_counter()
-    nodes.common_ksampler(model, SEED, steps, CFG, SAMPLER, SCHEDULER, positive, negative, latent)
+    with torch.inference_mode():  # as ComfyUI runs every node (execution.py)
+        nodes.common_ksampler(model, SEED, steps, CFG, SAMPLER, SCHEDULER, positive, negative, latent)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps

@@ -115,6 +115,30 @@ def test_ddim_first_step_is_euler_and_keeps_host_step_numbers():
     assert torch.equal(inner_sigmas[1], sigmas) and torch.equal(passthrough, plain)
 
 
+def test_ddim_first_step_builds_no_autograd_graph():
+    """The wrapper's own model call runs without grad, as k-diffusion's samplers do (``@torch.no_grad``), even when the
+    caller has grad enabled (measured: a graph built for the first call made a 3-step SD1.5 run ~18 % slower)."""
+    from vpred_core.sampling.denoiser import with_ddim_first_step
+    from vpred_core.sampling.prediction import start_sample
+
+    denoiser, extra = _oracle_denoiser()
+    weight = torch.nn.Parameter(torch.ones(()))  # requires grad: a graph would hang on every output
+    grad_modes = []
+
+    def model(x, sigma, **kw):
+        grad_modes.append(torch.is_grad_enabled())
+        return denoiser(x, sigma, **kw) * weight
+
+    def stop(model, x, sigmas, **kw):
+        return x
+
+    sigmas = denoiser.get_sigmas(4)
+    x = start_sample(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)), float(sigmas[0]))
+    with torch.enable_grad():
+        out = with_ddim_first_step(stop)(model, x, sigmas, extra_args=extra)
+    assert grad_modes == [False] and not out.requires_grad
+
+
 def test_exact_terminal_start_holds_z_and_stays_finite():
     from vpred_core.sampling.denoiser import DiscreteDenoiser, with_ddim_first_step
     from vpred_core.sampling.prediction import start_sample

@@ -160,21 +160,28 @@ def with_ddim_first_step(sampler_fn, first_step: str = "auto", exact_terminal: b
         if len(sigmas) < 2 or not uses_ddim_first_step(sigma_0, first_step):
             return sampler_fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **kwargs)
         extra_args = {} if extra_args is None else extra_args
-        x0 = model(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
-        z = vp_sample(x, sigma_0)
-        if exact_terminal:
-            x0, eps_hat = exact_terminal_x0(x, x0, sigma_0), z
-        else:
-            eps_hat = eps_from_vp(z, x0, sigma_0)
-        if callback is not None:
-            callback({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": x0})
-        x = ddim_step_to(x0, eps_hat, sigmas[1])
+        x = _ddim_first_step(model, x, sigmas, extra_args, callback, exact_terminal)
         if len(sigmas) == 2:
             return x
         shifted = None if callback is None else (lambda info: callback({**info, "i": info["i"] + 1}))
         return sampler_fn(model, x, sigmas[1:], extra_args=extra_args, callback=shifted, disable=disable, **kwargs)
 
     return sample
+
+
+@torch.no_grad()  # as k-diffusion's samplers are: no autograd graph whatever the caller's grad mode
+def _ddim_first_step(model, x, sigmas, extra_args: dict, callback, exact_terminal: bool) -> torch.Tensor:
+    """The first step sigmas[0] -> sigmas[1] of :func:`with_ddim_first_step`: x at sigmas[1]."""
+    sigma_0 = float(sigmas[0])
+    x0 = model(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
+    z = vp_sample(x, sigma_0)
+    if exact_terminal:
+        x0, eps_hat = exact_terminal_x0(x, x0, sigma_0), z
+    else:
+        eps_hat = eps_from_vp(z, x0, sigma_0)
+    if callback is not None:
+        callback({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": x0})
+    return ddim_step_to(x0, eps_hat, sigmas[1])
 
 
 def sample_from_schedule(sampler, denoiser, noise: torch.Tensor, sigmas: torch.Tensor, first_step: str = "auto",
