@@ -91,6 +91,7 @@ def with_ddim_first_timestep(func, first_step: str = "auto", exact_terminal: boo
         raise ValueError(f"first_step must be one of {FIRST_STEP_IDS}, got {first_step!r}")
 
     @functools.wraps(func)
+    @torch.no_grad()  # as the webuis' timestep samplers are
     def sample(model, x, timesteps, extra_args=None, callback=None, disable=None, **kwargs):
         abar = model.inner_model.inner_model.alphas_cumprod
         at_snr0 = starts_at_snr0(abar, timesteps[-1])
