@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..vpred_core.sampling.probe import with_extra_input_channels
 from ..vpred_core.sampling.schedules import ScheduleSpec
 from ..vpred_core.settings import (
     HOST,
@@ -341,7 +342,6 @@ def _request_checkpoint(p) -> str | None:
 
 
 LATENT_CHANNELS = 4
-INPAINT_EXTRA_CHANNELS = 5  # mask + masked-image latent (txt2img with an inpainting model: mask 1, image 0)
 
 
 def diffusion_network(sd_model):
@@ -388,12 +388,7 @@ def probe_callable(sd_model):
             kwargs["context"] = context.to(device=device, dtype=dtype).expand(batch, *context.shape[1:])
         if y is not None:
             kwargs["y"] = y.to(device=device, dtype=dtype).expand(batch, -1)
-        if extra > 0:
-            fill = x_in.new_zeros(batch, extra, *x_in.shape[2:])
-            if extra == INPAINT_EXTRA_CHANNELS:
-                fill[:, 0] = 1.0
-            x_in = torch.cat([x_in, fill], dim=1)
-        return net(x_in, t.to(device), **kwargs)
+        return net(with_extra_input_channels(x_in, extra), t.to(device), **kwargs)
 
     return unet, LATENT_CHANNELS, dtype, device
 

@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import torch
 
+from ..vpred_core.sampling.probe import with_extra_input_channels
 from ..vpred_core.settings import Detected, detected_from_probe
 
 logger = logging.getLogger(__name__)
@@ -95,9 +96,7 @@ def unet_callable(model, clip=None):
         kwargs = {"context": context.to(device=device, dtype=dtype).expand(batch, *context.shape[1:])}
         if y is not None:
             kwargs["y"] = y.to(device=device, dtype=dtype).expand(batch, -1)
-        if extra > 0:
-            x_in = torch.cat([x_in, x_in.new_zeros(batch, extra, *x_in.shape[2:])], dim=1)
-        return net(x_in, t.to(device=device, dtype=dtype), **kwargs)
+        return net(with_extra_input_channels(x_in, extra), t.to(device=device, dtype=dtype), **kwargs)
 
     return unet, dtype, device
 

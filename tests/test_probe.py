@@ -342,3 +342,17 @@ def test_training_is_deterministic():
     second, _ = train_denoiser("v", steps=2, log_every=0)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(),
                                                   strict=True))
+
+
+def test_extra_input_channels_of_inpainting_and_pix2pix_unets():
+    """Inpainting UNets (4 + 5 channels) see mask 1 and a zero image latent, instruct-pix2pix (4 + 4) zeros, plain
+    UNets the latent unchanged: what the hosts feed such a model in txt2img."""
+    from vpred_core.sampling.probe import with_extra_input_channels
+
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert with_extra_input_channels(x, 0) is x
+    inpaint = with_extra_input_channels(x, 5)
+    assert inpaint.shape == (3, 9, 8, 8) and torch.equal(inpaint[:, :4], x)
+    assert torch.equal(inpaint[:, 4], torch.ones(3, 8, 8)) and not inpaint[:, 5:].any()
+    pix2pix = with_extra_input_channels(x, 4)
+    assert pix2pix.shape == (3, 8, 8, 8) and torch.equal(pix2pix[:, :4], x) and not pix2pix[:, 4:].any()

@@ -392,6 +392,21 @@ def reading_x0_error(prediction: str, fit: PassFit, gram: torch.Tensor) -> float
     return implied_x0_error(implied, gram)
 
 
+INPAINT_EXTRA_CHANNELS = 5  # mask + masked-image latent: SD inpainting UNets take 9 input channels
+
+
+def with_extra_input_channels(x_in: torch.Tensor, extra: int) -> torch.Tensor:
+    """The probe's latent ``x_in`` as the input of a network that takes ``extra`` more channels than the latent:
+    inpainting UNets (mask + masked-image latent) get the mask 1 and the image latent 0 (everything to be generated,
+    what ComfyUI and the webuis feed an inpainting model in txt2img), instruct-pix2pix-style UNets zeros."""
+    if extra <= 0:
+        return x_in
+    fill = x_in.new_zeros(x_in.shape[0], extra, *x_in.shape[2:])
+    if extra == INPAINT_EXTRA_CHANNELS:
+        fill[:, 0] = 1.0
+    return torch.cat([x_in, fill], dim=1)
+
+
 def probe_prediction_type(unet: UnetCallable, channels: int = 4, *, size: tuple[int, int] = (64, 64),
                           dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                           alphas_cumprod: torch.Tensor | None = None,
