@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import replace
 
-from ..vpred_core.checkpoints.inspection import SourceRef, inspect_checkpoint, sidecar_yaml_path
+from ..vpred_core.checkpoints.inspection import SourceRef, inspect_checkpoint, sidecar_yaml_path, sources_state
 from ..vpred_core.checkpoints.sidecar_yaml import WRITTEN, write_yaml_for_checkpoint
 from ..vpred_core.settings import PROBE_SOURCE, Detected, detected_from_probe
 from .ui import OPTION_PREFIX, get_option
@@ -34,20 +34,6 @@ PROBE_CACHE_SIZE = 64
 _probe_results: OrderedDict = OrderedDict()  # (path, sources key) -> ProbeResult; a bounded per-file cache
 
 
-def _stat_key(path: str) -> tuple | None:
-    """(size, mtime_ns) of a file, None when it does not exist (a missing file is a state of the source too)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_size, stat.st_mtime_ns
-
-
-def sources_key(path: str) -> tuple:
-    """Everything inspection reads for ``path``: the checkpoint and the YAML beside it."""
-    return _stat_key(path), _stat_key(sidecar_yaml_path(path))
-
-
 @functools.lru_cache(maxsize=INSPECTION_CACHE_SIZE)
 def _inspect_cached(path: str, _sources: tuple):
     return inspect_checkpoint(path)
@@ -58,7 +44,7 @@ def inspect_path(path: str | None):
     if not path or not os.path.isfile(path):
         return None
     try:
-        return _inspect_cached(path, sources_key(path))
+        return _inspect_cached(path, sources_state(path))
     except (OSError, ValueError) as exc:
         logger.warning("V-Pred: cannot inspect %s: %s", path, exc)
         return None
@@ -96,11 +82,11 @@ def cached_probe(path: str | None):
     """The probe result for the checkpoint as its sources are now (None when never probed or changed since)."""
     if not path:
         return None
-    return _probe_results.get((path, sources_key(path)))
+    return _probe_results.get((path, sources_state(path)))
 
 
 def remember_probe(path: str, result) -> None:
-    _probe_results[(path, sources_key(path))] = result
+    _probe_results[(path, sources_state(path))] = result
     while len(_probe_results) > PROBE_CACHE_SIZE:
         _probe_results.popitem(last=False)
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
-from ..vpred_core.checkpoints.inspection import inspect_checkpoint, sidecar_yaml_path
+from ..vpred_core.checkpoints.inspection import inspect_checkpoint, sources_state
 from ..vpred_core.settings import AUTO, Detected, ModelSamplingSettings, detected_from_probe
 from .common import DETECTED_SETTINGS_KEY
 from .model_sampling import apply_model_sampling, host_detected, host_prediction, left_alone_line
@@ -70,20 +69,11 @@ def build_report(ckpt_name: str, inspection, summary: str, probe_lines: list[str
     return "\n".join(lines)
 
 
-def file_stamp(path: str) -> tuple | None:
-    """(size, mtime_ns) of a file, None when it does not exist."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_size, stat.st_mtime_ns
-
-
 def source_fingerprint(checkpoint_path: str | None) -> tuple:
     """Everything the loader reads besides its inputs: the checkpoint and the YAML beside it (present or not)."""
     if checkpoint_path is None:
         return (None,)
-    return (checkpoint_path, file_stamp(checkpoint_path), file_stamp(sidecar_yaml_path(checkpoint_path)))
+    return (checkpoint_path, *sources_state(checkpoint_path))
 
 
 def checkpoint_path(ckpt_name: str) -> str | None:

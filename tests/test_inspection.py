@@ -6,7 +6,7 @@ import tracemalloc
 import pytest
 from ckpt_factory import build_checkpoint, write_safetensors
 
-from vpred_core.checkpoints.inspection import MAX_YAML_BYTES, SOURCE_PRECEDENCE, inspect_checkpoint
+from vpred_core.checkpoints.inspection import MAX_YAML_BYTES, SOURCE_PRECEDENCE, inspect_checkpoint, sources_state
 from vpred_core.sampling.schedules import SD_LINEAR_END, SD_LINEAR_START
 
 
@@ -187,3 +187,22 @@ def test_stated_fields_leave_out_defaults(tmp_path):
     both = inspect_checkpoint(build(tmp_path / "c.safetensors", "sdxl", markers=("v_pred", "ztsnr"))).stated_fields()
     assert both == {"prediction": "v", "ztsnr": True}
     assert inspect_checkpoint(tmp_path / "missing.safetensors").stated_fields() == {}
+
+
+def test_sources_state_changes_with_the_yaml_beside_the_checkpoint(tmp_path):
+    """The key both hosts cache inspection and probe results under: a YAML added, edited or removed changes it."""
+    import os
+
+    ckpt = tmp_path / "m.safetensors"
+    build_checkpoint(str(ckpt), "sd1")
+    alone = sources_state(ckpt)
+    assert alone[0] == (os.stat(ckpt).st_size, os.stat(ckpt).st_mtime_ns) and alone[1] is None
+    yaml_path = tmp_path / "m.yaml"
+    yaml_path.write_text("model: {}\n")
+    added = sources_state(ckpt)
+    assert added[1] is not None and added != alone
+    yaml_path.write_text("model: {params: {}}\n")
+    assert sources_state(ckpt) != added
+    yaml_path.unlink()
+    assert sources_state(ckpt) == alone
+    assert sources_state(tmp_path / "missing.safetensors") == (None, None)

@@ -108,6 +108,21 @@ class InspectionResult:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
 
+def file_state(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file, None when it does not exist (a missing file is a state of a source too)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def sources_state(path: str | os.PathLike) -> tuple:
+    """The state of everything :func:`inspect_checkpoint` reads for ``path`` (without an override file): the
+    checkpoint and the YAML beside it. A cache keyed on it sees a YAML added, edited or removed later."""
+    return file_state(path), file_state(sidecar_yaml_path(path))
+
+
 def inspect_checkpoint(
     path: str | os.PathLike, override_path: str | os.PathLike | None = None, use_sidecar_yaml: bool = True
 ) -> InspectionResult:
