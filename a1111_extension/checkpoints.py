@@ -18,11 +18,11 @@ import html
 import logging
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import replace
 
 from ..vpred_core.checkpoints.inspection import SourceRef, inspect_checkpoint, sidecar_yaml_path, sources_state
 from ..vpred_core.checkpoints.sidecar_yaml import WRITTEN, write_yaml_for_checkpoint
+from ..vpred_core.sampling.probe import ProbeResultCache
 from ..vpred_core.settings import PROBE_SOURCE, Detected, detected_from_probe
 from .ui import OPTION_PREFIX, get_option
 
@@ -31,7 +31,7 @@ INSPECTION_CACHE_SIZE = 64
 AUTO_YAML_OPTION = OPTION_PREFIX + "auto_yaml"
 PROBE_OPTION = OPTION_PREFIX + "probe"
 PROBE_CACHE_SIZE = 64
-_probe_results: OrderedDict = OrderedDict()  # (path, sources key) -> ProbeResult; a bounded per-file cache
+_probe_results = ProbeResultCache(PROBE_CACHE_SIZE)  # (path, sources state) -> ProbeResult
 
 
 @functools.lru_cache(maxsize=INSPECTION_CACHE_SIZE)
@@ -86,9 +86,7 @@ def cached_probe(path: str | None):
 
 
 def remember_probe(path: str, result) -> None:
-    _probe_results[(path, sources_state(path))] = result
-    while len(_probe_results) > PROBE_CACHE_SIZE:
-        _probe_results.popitem(last=False)
+    _probe_results.put((path, sources_state(path)), result)
 
 
 def needs_probe(path: str | None) -> bool:

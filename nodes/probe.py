@@ -11,11 +11,10 @@ per checkpoint file state (the loader's source fingerprint), so re-running a wor
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 import torch
 
-from ..vpred_core.sampling.probe import with_extra_input_channels
+from ..vpred_core.sampling.probe import ProbeResultCache, with_extra_input_channels
 from ..vpred_core.settings import Detected, detected_from_probe
 
 logger = logging.getLogger(__name__)
@@ -26,19 +25,15 @@ EMPTY_PROMPT = ""
 CONTEXT_TOKENS = 77
 LATENT_CHANNELS = 4
 PROBE_IMAGE_SIZE = 512  # pixels: the size embeddings of SDXL's y for the probe's 64x64 latent
-_results: OrderedDict = OrderedDict()  # source fingerprint -> ProbeResult (a bounded per-file cache)
+_results = ProbeResultCache(PROBE_CACHE_SIZE)  # source fingerprint -> ProbeResult
 
 
 def cached(key):
-    return None if key is None else _results.get(key)
+    return _results.get(key)
 
 
 def remember(key, result) -> None:
-    if key is None:
-        return
-    _results[key] = result
-    while len(_results) > PROBE_CACHE_SIZE:
-        _results.popitem(last=False)
+    _results.put(key, result)
 
 
 def wants_probe(mode: str, stated: Detected) -> bool:

@@ -356,3 +356,14 @@ def test_extra_input_channels_of_inpainting_and_pix2pix_unets():
     assert torch.equal(inpaint[:, 4], torch.ones(3, 8, 8)) and not inpaint[:, 5:].any()
     pix2pix = with_extra_input_channels(x, 4)
     assert pix2pix.shape == (3, 8, 8, 8) and torch.equal(pix2pix[:, :4], x) and not pix2pix[:, 4:].any()
+
+
+def test_probe_result_cache_is_bounded_oldest_first():
+    from vpred_core.sampling.probe import ProbeResultCache
+
+    cache = ProbeResultCache(3)
+    for index in range(5):
+        cache.put(("file", index), index)
+    assert len(cache) == 3 and cache.get(("file", 1)) is None and cache.get(("file", 4)) == 4
+    cache.put(None, "nothing to key on")
+    assert cache.get(None) is None and len(cache) == 3

@@ -109,6 +109,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -390,6 +391,28 @@ def reading_x0_error(prediction: str, fit: PassFit, gram: torch.Tensor) -> float
     implied = implied_x0_coefficients(prediction, inputs, outputs, alpha=fit.signal_scale, s=fit.noise_scale,
                                       sigma=fit.noise_scale)
     return implied_x0_error(implied, gram)
+
+
+class ProbeResultCache:
+    """Probe results per source key (e.g. the state of the checkpoint and its YAML), bounded: the oldest entry goes
+    first. A key of None is never stored (nothing to key the result on)."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._results: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        return None if key is None else self._results.get(key)
+
+    def put(self, key, result) -> None:
+        if key is None:
+            return
+        self._results[key] = result
+        while len(self._results) > self.max_entries:
+            self._results.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._results)
 
 
 INPAINT_EXTRA_CHANNELS = 5  # mask + masked-image latent: SD inpainting UNets take 9 input channels
