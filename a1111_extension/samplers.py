@@ -26,12 +26,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 
 import torch
 
-from ..vpred_core.sampling.denoiser import FIRST_STEP_IDS, with_ddim_first_step
+from ..vpred_core.sampling.denoiser import FIRST_STEP_IDS, uses_ddim_first_step, with_ddim_first_step
 from ..vpred_core.sampling.prediction import append_dims, eps_from_v, x0_from_eps
-from ..vpred_core.sampling.schedules import ALREADY_ZTSNR_MAX_ALPHAS_CUMPROD, sigma_schedule, timesteps_for_spacing
+from ..vpred_core.sampling.schedules import sigma_schedule, timesteps_for_spacing
 from ..vpred_core.settings import TRAILING
 
 logger = logging.getLogger(__name__)
@@ -73,9 +74,10 @@ def webui_timesteps(spacing: str, steps: int, timesteps: int = 1000) -> torch.Te
     return torch.cat([ascending.new_tensor([FINAL_TIMESTEP]), ascending])
 
 
-def starts_at_snr0(alphas_cumprod: torch.Tensor, timestep) -> bool:
-    """True when abar at ``timestep`` is (clamped) zero terminal SNR."""
-    return float(alphas_cumprod[int(timestep)]) <= ALREADY_ZTSNR_MAX_ALPHAS_CUMPROD
+def sigma_at_timestep(alphas_cumprod: torch.Tensor, timestep) -> float:
+    """VE sigma = sqrt((1 - abar) / abar) at ``timestep`` (inf where abar is 0), for the core's first-step decision."""
+    abar = float(alphas_cumprod[int(timestep)])
+    return math.inf if abar <= 0.0 else math.sqrt((1.0 - abar) / abar)
 
 
 def with_ddim_first_timestep(func, first_step: str = "auto", exact_terminal: bool = False):
@@ -94,8 +96,7 @@ def with_ddim_first_timestep(func, first_step: str = "auto", exact_terminal: boo
     @torch.no_grad()  # as the webuis' timestep samplers are
     def sample(model, x, timesteps, extra_args=None, callback=None, disable=None, **kwargs):
         abar = model.inner_model.inner_model.alphas_cumprod
-        at_snr0 = starts_at_snr0(abar, timesteps[-1])
-        if len(timesteps) < 3 or first_step == "sampler" or not (at_snr0 or first_step == "ddim"):
+        if len(timesteps) < 3 or not uses_ddim_first_step(sigma_at_timestep(abar, timesteps[-1]), first_step):
             return func(model, x, timesteps, extra_args=extra_args, callback=callback, disable=disable, **kwargs)
         extra_args = {} if extra_args is None else extra_args
         t, t_prev = int(timesteps[-1]), int(timesteps[-2])
