@@ -191,6 +191,27 @@ def host_option(env, name, value):
 def request(env, script, p, args, n):
     """One txt2img batch in process_images_inner's order with the host's own ``sampler.sample`` (see module
     docstring); ``script`` None = no extension. Returns the latents."""
+    return run_batch(env, script, p, args, n, reforge_ztsnr)
+
+
+@contextlib.contextmanager
+def reforge_ztsnr(env, p):
+    """reForge's own ZTSNR step for the batch (global option or the model's ``ztsnr`` flag) and its undo."""
+    ztsnr = host_applies_ztsnr(env, p)
+    if ztsnr:
+        host_ztsnr_step(env, p)
+    try:
+        yield
+    finally:
+        if ztsnr:
+            host_ztsnr_undo(p)
+
+
+def run_batch(env, script, p, args, n, host_ztsnr):
+    """One txt2img batch in process_images_inner's order, shared by reForge and Forge: prompts and seeds, the Script's
+    hooks (``script`` None = no extension), ``forge_objects`` reset, antithetic ``p.rng``, the host's own ZTSNR step
+    (``host_ztsnr(env, p)``: a context manager, undone after the batch), ``create_sampler``,
+    ``process_before_every_sampling`` and the host's own ``sampler.sample``. Returns the latents."""
     if hasattr(p, "fill_fields_from_opts"):
         p.fill_fields_from_opts()  # process_images_inner (reForge's A1111 sampling mode)
     p.setup_prompts()
@@ -200,7 +221,6 @@ def request(env, script, p, args, n):
     p.iteration = 0
     if script is not None:
         script.before_process(p, *args)
-    ztsnr = False
     try:
         if script is not None:
             script.process(p, *args)
@@ -208,20 +228,16 @@ def request(env, script, p, args, n):
         p.rng = AntitheticRNG(n)
         if script is not None:
             script.process_batch(p, *args, batch_number=0, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
-        ztsnr = host_applies_ztsnr(env, p)
-        if ztsnr:
-            host_ztsnr_step(env, p)
-        c, _ = cond_batch(n)
-        _, uc = cond_batch(n)
-        p.sampler = env.sd_samplers.create_sampler(p.sampler_name, p.sd_model)
-        x = antithetic(n)
-        if script is not None:
-            script.process_before_every_sampling(p, *args, x=x, noise=x, c=c, uc=uc)
-        with torch.inference_mode(), antithetic_noise():
-            return p.sampler.sample(p, x, c, uc, image_conditioning=p.txt2img_image_conditioning(x))
+        with host_ztsnr(env, p):
+            c, _ = cond_batch(n)
+            _, uc = cond_batch(n)
+            p.sampler = env.sd_samplers.create_sampler(p.sampler_name, p.sd_model)
+            x = antithetic(n)
+            if script is not None:
+                script.process_before_every_sampling(p, *args, x=x, noise=x, c=c, uc=uc)
+            with torch.inference_mode(), antithetic_noise():
+                return p.sampler.sample(p, x, c, uc, image_conditioning=p.txt2img_image_conditioning(x))
     finally:
-        if ztsnr:
-            host_ztsnr_undo(p)
         if script is not None:
             script.postprocess(p, None, *args)
 
@@ -310,42 +326,23 @@ def forge_model(env, directory, name, markers=(), prediction="epsilon", network=
 
 
 def forge_request(env, script, p, args, n):
-    """One txt2img batch in Forge's process_images_inner order (its ZTSNR step rescales the loaded predictor in place
-    and restores it after the batch) with the host's own ``sampler.sample``."""
-    if hasattr(p, "fill_fields_from_opts"):
-        p.fill_fields_from_opts()
-    p.setup_prompts()
-    p.all_seeds, p.all_subseeds = [SEED + i for i in range(n)], [SEED + i for i in range(n)]
-    p.seeds, p.subseeds = p.all_seeds, p.all_subseeds
-    p.prompts, p.negative_prompts = p.all_prompts, p.all_negative_prompts
-    p.iteration = 0
-    if script is not None:
-        script.before_process(p, *args)
+    """One txt2img batch in Forge's process_images_inner order with the host's own ``sampler.sample``."""
+    return run_batch(env, script, p, args, n, forge_ztsnr)
+
+
+@contextlib.contextmanager
+def forge_ztsnr(env, p):
+    """Forge's own ZTSNR step (the global option): the loaded predictor rescaled in place, restored after the batch."""
     predictor = p.sd_model.forge_objects.unet.model.predictor
     backup = None
+    if env.shared.opts.sd_noise_schedule == HOST_ZTSNR_LABEL:
+        backup = predictor.sigmas
+        predictor.set_sigmas(env.k_prediction.rescale_zero_terminal_snr_sigmas(predictor.sigmas))
     try:
-        if script is not None:
-            script.process(p, *args)
-        p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
-        p.rng = AntitheticRNG(n)
-        if script is not None:
-            script.process_batch(p, *args, batch_number=0, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
-        if env.shared.opts.sd_noise_schedule == HOST_ZTSNR_LABEL:
-            backup = predictor.sigmas
-            predictor.set_sigmas(env.k_prediction.rescale_zero_terminal_snr_sigmas(predictor.sigmas))
-        c, _ = cond_batch(n)
-        _, uc = cond_batch(n)
-        p.sampler = env.sd_samplers.create_sampler(p.sampler_name, p.sd_model)
-        x = antithetic(n)
-        if script is not None:
-            script.process_before_every_sampling(p, *args, x=x, noise=x, c=c, uc=uc)
-        with torch.inference_mode(), antithetic_noise():
-            return p.sampler.sample(p, x, c, uc, image_conditioning=p.txt2img_image_conditioning(x))
+        yield
     finally:
         if backup is not None:
             predictor.set_sigmas(backup)
-        if script is not None:
-            script.postprocess(p, None, *args)
 
 
 def sweep_forge(env, directory, modes, n_images: int, steps: int = STEPS, only=None):
